@@ -1,0 +1,28 @@
+import json
+
+import pytest
+
+from rl_scaniqa.envs.io_utils import atomic_path, atomic_write_json, default_home
+
+
+def test_atomic_write_json_round_trip(tmp_path):
+    target = tmp_path / "sub" / "out.json"
+    atomic_write_json(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in target.parent.iterdir()] == ["out.json"]
+
+
+def test_atomic_path_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "keep.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_default_home_honours_env_var(monkeypatch, tmp_path):
+    monkeypatch.setenv("RL_SCANIQA_HOME", str(tmp_path / "home"))
+    assert default_home() == tmp_path / "home"
