@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -26,3 +27,13 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
 def test_default_home_honours_env_var(monkeypatch, tmp_path):
     monkeypatch.setenv("RL_SCANIQA_HOME", str(tmp_path / "home"))
     assert default_home() == tmp_path / "home"
+
+
+def test_atomic_write_uses_umask_permissions(tmp_path):
+    target = tmp_path / "shared.txt"
+    previous = os.umask(0o022)
+    try:
+        atomic_write_json(target, [1])
+    finally:
+        os.umask(previous)
+    assert target.stat().st_mode & 0o777 == 0o644

@@ -1,0 +1,646 @@
+"""Score your own 360° panoramas with a trained RL-ScanIQA model.
+
+The scoring API behind ``rl-scaniqa score``::
+
+    from rl_scaniqa.assessor.scorer import Scorer
+
+    scorer = Scorer.from_pretrained()               # the model shipped with the package
+    result = scorer.score("pano.jpg")               # ScoreResult
+    print(result.score, result.std, result.paths)
+
+    for result in scorer.score_many(["a.png", "b.jpg", "folder/c.tif"]):
+        print(result.path, result.error or result.score)
+
+What happens to an image
+------------------------
+One code path for every image, the same as in training: the ERP is read (:func:`read_erp`), its
+viewports, global view and thumbnail are projected and then encoded exactly as the feature-cache
+builder does it (:func:`~rl_scaniqa.envs.feature_cache.project_image` and
+:func:`~rl_scaniqa.envs.feature_cache.encode_projected`: V + 1 images through the backbone,
+viewport entropies, the viewport SSIM matrix). The rows become an in-memory
+:class:`~rl_scaniqa.envs.feature_cache.FeatureCache`; the policy walks K scanpaths of T steps on
+it through the common evaluation harness (:func:`~rl_scaniqa.agents.evaluation.run_agent`, with
+the model's feature standardisation and start rule), and the assessor scores every path
+(:func:`~rl_scaniqa.agents.evaluation.score_scanpaths`). Viewport features are computed once per
+image: K and T change the number of policy steps, never the number of backbone calls.
+
+Score convention
+----------------
+``score`` is the mean of the K path scores mapped back to the model's MOS scale
+(``model.mos_scale``, e.g. 1..5 for a Synth360 model, 0..100 for CVIQD): **higher is better**.
+The map is linear and not clipped, so a prediction may fall slightly outside the scale. ``std``
+is the population standard deviation of the K path scores in the same MOS units: how much the
+judgement depends on where the model looked.
+
+Reproducibility
+---------------
+Paths are sampled from the policy (its argmax would give K identical paths). Every image samples
+from its own generator seeded with ``seed``, so an image's paths and score depend only on the
+image, the model, K, T and the seed: scoring it alone, in a folder or in any batch gives the same
+paths, and the same score up to the float rounding of batched arithmetic. (A model trained with
+``start="random_equator"`` also draws its start viewports from the env's seed, which depends on
+the image's position in its batch.)
+
+K and T
+-------
+``k`` and ``t`` override the model's K paths and T steps per path. The policy is length-agnostic
+(its GRU runs over the path so far) and the assessor pools any number of viewports, so other
+values run; T must stay between 1 and V - 1 so that the viewports of a path stay distinct, and
+scores drift as T moves away from the value the model was trained with.
+
+Streaming
+---------
+:meth:`Scorer.score_many` overlaps work in two threads: a reader thread decodes and projects
+(OpenCV releases the GIL there) into a bounded queue; the calling thread extracts features and
+runs policy and assessor on the images that are ready, up to ``batch_size`` at a time. Results
+come back in input order. Memory stays flat: at most ``queue_size`` projected images wait in the
+queue, and nothing of an image is kept once its result is yielded. A file that cannot be read or
+encoded yields a result with ``error`` set; the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import os
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import cv2
+import numpy as np
+import torch
+
+from rl_scaniqa.agents.cotrain import MODEL_CONFIG_NAME, ScanIQAModel, build_policy
+from rl_scaniqa.agents.evaluation import run_agent, score_scanpaths
+from rl_scaniqa.agents.policy import ScanpathPolicy
+from rl_scaniqa.envs.backbones import Backbone, make_backbone, resolve_device
+from rl_scaniqa.envs.errors import RLScanIQAError
+from rl_scaniqa.envs.feature_cache import (FeatureCache, ProjectedImage, encode_projected,
+                                           project_image)
+from rl_scaniqa.envs.imageio import SUPPORTED_SUFFIXES, as_erp_array, read_erp, write_image
+from rl_scaniqa.envs.io_utils import atomic_path
+from rl_scaniqa.envs.progress import progress_bar
+from rl_scaniqa.envs.render import draw_scanpaths
+
+__all__ = [
+    "CSV_COLUMNS",
+    "DEFAULT_MODEL_DIR",
+    "PREVIEW_SHAPE",
+    "STAGES",
+    "ImageSource",
+    "ScoreResult",
+    "Scorer",
+    "ScorerError",
+    "find_images",
+    "write_score_outputs",
+]
+
+#: Folder of the model shipped inside the package (``from_pretrained()`` with no folder).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "pretrained"
+#: (height, width) of the ERP preview kept for drawing when ``previews=True``.
+PREVIEW_SHAPE = (512, 1024)
+#: Stages timed on every :class:`ScoreResult` (``timings``), in pipeline order.
+STAGES = ("decode_ms", "project_ms", "features_ms", "policy_ms", "assessor_ms")
+#: Columns of the ``--csv`` table (``paths`` as compact JSON, ``error`` empty when it worked).
+CSV_COLUMNS = ("path", "score", "std", "paths", "error")
+#: What can be scored: an image file, or an in-memory ERP array (as :func:`as_erp_array` takes).
+ImageSource = str | os.PathLike | np.ndarray
+
+
+class ScorerError(RLScanIQAError, ValueError):
+    """A scorer cannot be set up: missing or broken model, unfitting backbone, bad K or T."""
+
+
+@dataclass
+class ScoreResult:
+    """The score of one panorama.
+
+    Attributes:
+        path: the file, or ``"<array>"`` for an in-memory image.
+        score: mean predicted quality on the model's MOS scale, higher is better; None on error.
+        std: standard deviation of the K path scores, in MOS units; None on error.
+        paths: the K scanpaths, each a list of L = T + 1 viewport indices of the model's grid
+            (index 0 is the start viewport); empty on error.
+        error: why the image could not be scored, or None.
+        timings: milliseconds spent on this image per stage (:data:`STAGES`; the batched policy
+            and assessor stages are shared equally between the images of a batch; a failed image
+            has the stages it went through).
+        preview: the ERP resized to :data:`PREVIEW_SHAPE`, only when previews were requested.
+    """
+
+    path: str
+    score: float | None
+    std: float | None
+    paths: list[list[int]]
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    preview: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when the image was scored."""
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON record: ``path``, ``score``, ``std``, ``paths``, and ``error`` if it failed."""
+        record: dict[str, Any] = {"path": self.path, "score": self.score, "std": self.std,
+                                  "paths": self.paths}
+        if self.error is not None:
+            record["error"] = self.error
+        return record
+
+
+def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Image files named by ``paths``: files as given, folders searched recursively.
+
+    Files inside folders are kept when their suffix (any case) is one of
+    :data:`~rl_scaniqa.envs.imageio.SUPPORTED_SUFFIXES`, sorted per folder. A path that does not
+    exist is returned as it is, so that scoring reports it as an error.
+    """
+    found: list[Path] = []
+    for entry in paths:
+        path = Path(entry)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*")
+                                if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES))
+        else:
+            found.append(path)
+    return found
+
+
+@dataclass
+class _Prepared:
+    """An image after the reader stage: projected pixels, or the error that stopped it."""
+
+    name: str
+    projected: ProjectedImage | None
+    preview: np.ndarray | None
+    error: str | None
+    timings: dict[str, float]
+
+
+@dataclass
+class _Encoded:
+    """An image after feature extraction (one cache row), waiting for its policy batch."""
+
+    name: str
+    row: dict[str, np.ndarray] | None
+    preview: np.ndarray | None
+    error: str | None
+    timings: dict[str, float]
+
+
+class _PerImageSampler:
+    """SB3-style agent that samples every image's actions from its own seeded generator.
+
+    ``run_agent`` steps a batch of images in lockstep and calls ``predict`` once per step on the
+    stacked observations. SB3's own sampling draws all rows from the global torch RNG, so an
+    image's paths would depend on the other images of its batch; here row ``i`` gets a fresh
+    generator seeded with ``seed`` at the first step of a batch (``episode_start``), which makes
+    every image's paths a function of the image and the seed alone.
+    """
+
+    def __init__(self, policy: ScanpathPolicy, seed: int) -> None:
+        self.policy = policy
+        self.seed = seed
+        self._generators: list[torch.Generator] = []
+        policy.set_training_mode(False)
+
+    def predict(self, observation: dict[str, np.ndarray], state: Any = None,
+                episode_start: np.ndarray | None = None,
+                deterministic: bool = False) -> tuple[np.ndarray, Any]:
+        """Actions (n,) for n stacked observations; ``state`` passes through (no recurrence)."""
+        obs, _ = self.policy.obs_to_tensor(observation)
+        with torch.no_grad():
+            probs = self.policy.get_distribution(obs).distribution.probs.cpu()
+        if deterministic:
+            return probs.argmax(dim=1).numpy(), state
+        n = probs.shape[0]
+        starting = episode_start is not None and bool(np.all(episode_start))
+        if starting or len(self._generators) != n:
+            self._generators = [torch.Generator().manual_seed(self.seed) for _ in range(n)]
+        actions = [int(torch.multinomial(probs[i], 1, generator=generator))
+                   for i, generator in enumerate(self._generators)]
+        return np.asarray(actions, dtype=np.int64), state
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads, restoring the previous number.
+
+    Policy steps are tiny (a batch of V x D matrices): spreading them over threads costs more than
+    it saves, and on a loaded machine (or next to the reader thread) spinning OpenMP workers made
+    the 105 steps of an image 10-40x slower in our measurements.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _elapsed_ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+def _describe(error: BaseException, name: str) -> str:
+    """A one-line error message that names the image (our errors already start with it)."""
+    message = str(error) or type(error).__name__
+    return message if message.startswith(name) else f"{name}: {message}"
+
+
+class Scorer:
+    """Scores panoramas with a :class:`ScanIQAModel` (see the module docstring).
+
+    Args:
+        model: the trained model (policy, assessor, feature statistics, grid, MOS scale).
+        backbone: the feature extractor; must produce the model's features (same dimension, and
+            normally the same ``name``: another name only warns, for a local copy of the weights).
+        k: paths per image (default: the model's K).
+        t: steps per path (default: the model's T), 1 <= t <= V - 1.
+        seed: seed of the path sampling.
+        source: where the model came from, for messages.
+
+    Raises:
+        ScorerError: the backbone's feature dimension is not the model's, ``k`` < 1, or ``t``
+            outside 1..V-1.
+    """
+
+    def __init__(self, model: ScanIQAModel, backbone: Backbone, *, k: int | None = None,
+                 t: int | None = None, seed: int = 0, source: str = "<in memory>") -> None:
+        n_viewports = model.grid.n_viewports
+        self.n_paths = model.settings.n_paths if k is None else int(k)
+        self.path_length = model.settings.path_length if t is None else int(t)
+        if self.n_paths < 1:
+            raise ScorerError(f"k (paths per image) must be at least 1, got {self.n_paths}")
+        if not 1 <= self.path_length <= n_viewports - 1:
+            raise ScorerError(f"t (steps per path) must be between 1 and {n_viewports - 1} "
+                              f"(V - 1, so that the viewports of a path stay distinct), "
+                              f"got {self.path_length}")
+        expected_dim = model.assessor.config.feature_dim
+        if backbone.dim != expected_dim:
+            raise ScorerError(f"{source}: the model expects {expected_dim}-dimensional "
+                              f"{model.backbone} features, backbone {backbone.name} gives "
+                              f"{backbone.dim}")
+        if backbone.name != model.backbone:
+            warnings.warn(f"scoring with backbone {backbone.name}, but the model {source} was "
+                          f"trained on {model.backbone} features; scores are only meaningful if "
+                          "both compute the same features (e.g. a local copy of the same weights)",
+                          stacklevel=2)
+        self.model = model
+        self.backbone = backbone
+        self.seed = int(seed)
+        self.source = source
+        self.policy = self._policy_for(self.path_length)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike[str] | None = None, *,
+                        backbone: str | Backbone | None = None, device: str = "auto",
+                        k: int | None = None, t: int | None = None, seed: int = 0,
+                        backbone_batch_size: int = 32) -> Scorer:
+        """Load a model folder (default: the model shipped in the package) and its backbone.
+
+        Args:
+            model_dir: a folder written by :meth:`ScanIQAModel.save`; None for
+                :data:`DEFAULT_MODEL_DIR`.
+            backbone: None builds the model's own backbone; a spec string (e.g.
+                ``"dinov2:/models/dinov2-small"`` for local weights) or a :class:`Backbone`
+                replaces it.
+            device: ``"auto"`` (the GPU when one is visible), ``"cpu"``, ``"cuda"``, ...
+            k, t, seed: as in :class:`Scorer`.
+            backbone_batch_size: images per backbone forward pass.
+
+        Raises:
+            ScorerError: no model in the folder, a corrupt or inconsistent one, an unknown
+                backbone spec, or a bad ``k``/``t``.
+            BackboneLoadError: the backbone's weights cannot be loaded.
+        """
+        directory = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
+        if not (directory / MODEL_CONFIG_NAME).is_file():
+            hint = ("the shipped model is not installed; pass a model folder (--model DIR)"
+                    if model_dir is None else f"no {MODEL_CONFIG_NAME} in it")
+            raise ScorerError(f"{directory}: no RL-ScanIQA model here ({hint})")
+        resolved = resolve_device(device)
+        try:
+            model = ScanIQAModel.load(directory, device=resolved)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ScorerError(f"{directory}: cannot load the RL-ScanIQA model ({error})") from error
+        if backbone is None or isinstance(backbone, str):
+            spec = backbone or model.backbone
+            try:
+                backbone = make_backbone(spec, device=resolved, batch_size=backbone_batch_size)
+            except ValueError as error:
+                raise ScorerError(f"backbone {spec!r}: {error}") from error
+        return cls(model, backbone, k=k, t=t, seed=seed, source=str(directory))
+
+    # ------------------------------------------------------------------ single images
+
+    def score(self, image: ImageSource, *, preview: bool = False) -> ScoreResult:
+        """Score one panorama (a file or an ERP array) in the calling thread.
+
+        ``preview=True`` keeps a :data:`PREVIEW_SHAPE` copy of the ERP for :meth:`draw`.
+
+        Raises:
+            ImageError: the file is missing, unreadable, truncated or not a 2:1 ERP.
+            CacheError: the backbone produced NaN/inf features.
+        """
+        prepared = self._prepare(image, preview, raise_errors=True)
+        encoded = self._encode(prepared, raise_errors=True)
+        return self._score_batch([encoded])[0]
+
+    def draw(self, result: ScoreResult, erp: np.ndarray | None = None) -> np.ndarray:
+        """The result's K paths and score drawn on the panorama, ``uint8 (512, 1024, 3)`` RGB.
+
+        ``erp`` defaults to ``result.preview`` (score with ``preview=True`` / ``previews=True``).
+
+        Raises:
+            ValueError: no image to draw on, or the result has no paths (it failed).
+        """
+        image = result.preview if erp is None else erp
+        if image is None:
+            raise ValueError(f"{result.path}: no image to draw on; score with previews or pass erp")
+        if not result.paths:
+            raise ValueError(f"{result.path}: no scanpaths to draw ({result.error})")
+        canvas = draw_scanpaths(image, result.paths, self.model.grid, size=PREVIEW_SHAPE)
+        caption = f"{Path(result.path).name}   score {result.score:.3f} +/- {result.std:.3f}"
+        # White on a black outline: legible on any content.
+        for color, thickness in (((0, 0, 0), 4), ((255, 255, 255), 1)):
+            cv2.putText(canvas, caption, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, color,
+                        thickness, cv2.LINE_AA)
+        return canvas
+
+    # ------------------------------------------------------------------ streaming
+
+    def score_many(self, images: Iterable[ImageSource], *, batch_size: int = 8,
+                   queue_size: int = 4, progress: bool = True,
+                   previews: bool = False) -> Iterator[ScoreResult]:
+        """Score many panoramas, yielding one :class:`ScoreResult` per input, in input order.
+
+        A reader thread decodes and projects the images into a queue of at most ``queue_size``;
+        this thread extracts features and runs policy and assessor on up to ``batch_size``
+        images that are ready. Failures (unreadable file, not an ERP, NaN features) yield a
+        result with ``error`` set and do not stop the others. Closing the iterator early stops
+        the reader.
+
+        Args:
+            images: files or ERP arrays (:func:`find_images` expands folders).
+            batch_size: most images per policy/assessor batch.
+            queue_size: most projected images waiting between the threads.
+            progress: show a progress bar (count, rate, ETA).
+            previews: keep a :data:`PREVIEW_SHAPE` copy of each ERP on its result (for
+                :meth:`draw`).
+
+        Raises:
+            ScorerError: ``batch_size`` or ``queue_size`` below 1 (when iteration starts).
+        """
+        if batch_size < 1 or queue_size < 1:
+            raise ScorerError(f"batch_size and queue_size must be positive, got {batch_size} "
+                              f"and {queue_size}")
+        total = len(images) if isinstance(images, Sequence) else None
+        handoff: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=queue_size)
+        stop = threading.Event()
+
+        def put(item: _Prepared | BaseException | None) -> bool:
+            # Polls, so that a consumer that went away (closed iterator) never leaves us blocked.
+            while not stop.is_set():
+                try:
+                    handoff.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def read_all() -> None:
+            try:
+                for image in images:
+                    if not put(self._prepare(image, previews, raise_errors=False)):
+                        return
+                put(None)
+            except BaseException as error:  # handed to the consumer, which re-raises it
+                put(error)
+
+        reader = threading.Thread(target=read_all, name="rl-scaniqa-reader", daemon=True)
+        reader.start()
+        try:
+            with progress_bar("scoring", total, unit="img", enabled=progress) as bar:
+                finished = False
+                while not finished:
+                    item = handoff.get()
+                    pending: list[_Encoded] = []
+                    while True:
+                        if item is None:
+                            finished = True
+                            break
+                        if isinstance(item, BaseException):
+                            raise item
+                        pending.append(self._encode(item, raise_errors=False))
+                        if len(pending) >= batch_size:
+                            break
+                        try:
+                            item = handoff.get_nowait()
+                        except queue.Empty:
+                            break  # nothing ready: score what we have rather than wait
+                    for result in self._score_batch(pending):
+                        bar.advance(1)
+                        yield result
+        finally:
+            stop.set()
+            reader.join()
+
+    # ------------------------------------------------------------------ stages
+
+    def _prepare(self, image: ImageSource, preview: bool, *, raise_errors: bool) -> _Prepared:
+        """Decode (or validate) and project one image; failures become the result's error."""
+        name = "<array>" if isinstance(image, np.ndarray) else str(image)
+        timings: dict[str, float] = {}
+        try:
+            start = time.perf_counter()
+            erp = as_erp_array(image) if isinstance(image, np.ndarray) else read_erp(image)
+            timings["decode_ms"] = _elapsed_ms(start)
+            start = time.perf_counter()
+            projected = project_image(erp, self.model.grid)
+            small = (cv2.resize(erp, PREVIEW_SHAPE[::-1], interpolation=cv2.INTER_AREA)
+                     if preview else None)
+            timings["project_ms"] = _elapsed_ms(start)
+        except Exception as error:  # whatever fails here is about this one image
+            if raise_errors:
+                raise
+            return _Prepared(name, None, None, _describe(error, name), timings)
+        return _Prepared(name, projected, small, None, timings)
+
+    def _encode(self, prepared: _Prepared, *, raise_errors: bool) -> _Encoded:
+        """Backbone features, entropies and SSIM of a projected image (the cache builder's code)."""
+        if prepared.projected is None:
+            return _Encoded(prepared.name, None, None, prepared.error, prepared.timings)
+        timings = dict(prepared.timings)
+        try:
+            start = time.perf_counter()
+            row = encode_projected(prepared.projected, self.backbone, prepared.name)
+            timings["features_ms"] = _elapsed_ms(start)
+        except (RLScanIQAError, ValueError) as error:
+            if raise_errors:
+                raise
+            return _Encoded(prepared.name, None, None, _describe(error, prepared.name), timings)
+        return _Encoded(prepared.name, row, prepared.preview, None, timings)
+
+    def _score_batch(self, encoded: list[_Encoded]) -> list[ScoreResult]:
+        """Paths and scores of the images that encoded; failed images pass through."""
+        rows = [item.row for item in encoded if item.row is not None]
+        if rows:
+            cache = self._cache_of([item.name for item in encoded if item.row is not None], rows)
+            on_cpu = self.policy.device.type == "cpu"
+            with _torch_threads(1) if on_cpu else contextlib.nullcontext():
+                start = time.perf_counter()
+                scanpaths = run_agent(_PerImageSampler(self.policy, self.seed), cache,
+                                      range(len(rows)), n_paths=self.n_paths,
+                                      path_length=self.path_length,
+                                      env_kwargs=self.model.env_kwargs(), batch_size=len(rows),
+                                      seed=self.seed)
+                policy_ms = _elapsed_ms(start) / len(rows)
+                start = time.perf_counter()
+                means, stds, _ = score_scanpaths(self.model.assessor, scanpaths)
+                assessor_ms = _elapsed_ms(start) / len(rows)
+        scale = self.model.mos_scale
+        results, row = [], 0
+        for item in encoded:
+            if item.row is None:
+                results.append(ScoreResult(path=item.name, score=None, std=None, paths=[],
+                                           error=item.error, timings=item.timings))
+                continue
+            results.append(ScoreResult(
+                path=item.name, score=float(scale.denormalize(float(means[row]))),
+                std=float(stds[row]) * scale.span, paths=scanpaths.paths[row].tolist(),
+                timings={**item.timings, "policy_ms": policy_ms, "assessor_ms": assessor_ms},
+                preview=item.preview))
+            row += 1
+        return results
+
+    # ------------------------------------------------------------------ helpers
+
+    def _policy_for(self, path_length: int) -> ScanpathPolicy:
+        """The model's policy with an observation space for ``path_length`` steps.
+
+        The weights do not depend on T (the GRU runs over the path so far), but SB3 checks the
+        history's length against the observation space, so another T needs a policy object
+        built for it, loaded with the same weights.
+        """
+        model = self.model
+        if path_length == model.settings.path_length:
+            return model.policy
+        settings = dataclasses.replace(model.settings, path_length=path_length,
+                                       n_paths=self.n_paths)
+        policy = build_policy(settings, model.grid, model.assessor.config.feature_dim,
+                              device=str(model.policy.device))
+        policy.load_state_dict(model.policy.state_dict())
+        return policy
+
+    def _cache_of(self, names: list[str], rows: list[dict[str, np.ndarray]]) -> FeatureCache:
+        """An in-memory feature cache of encoded images (unlabelled: MOS is NaN)."""
+        n, grid, dim = len(rows), self.model.grid, self.backbone.dim
+
+        def stack(key: str) -> np.ndarray:
+            return np.stack([row[key] for row in rows])
+
+        return FeatureCache(
+            backbone=self.backbone.name, dim=dim, grid=grid, dataset="scored",
+            mos_scale=self.model.mos_scale,
+            # Positions, not names, as ids: the same file may be scored twice in one batch.
+            image_ids=[str(i) for i in range(n)], paths=names, ref_ids=names,
+            distortions=["unknown"] * n, levels=np.zeros(n, dtype=np.int64),
+            mos=np.full(n, np.nan, dtype=np.float32),
+            viewport_features=stack("viewport_features"), global_features=stack("global_features"),
+            entropy=stack("entropy"), ssim=stack("ssim"), thumbnails=stack("thumbnails"),
+            start_viewports=np.full(n, -1, dtype=np.int64), augmentations=(),
+            aug_viewport_features=np.zeros((n, 0, grid.n_viewports, dim), np.float32),
+            aug_global_features=np.zeros((n, 0, dim), np.float32),
+        )
+
+
+# ---------------------------------------------------------------------- command-line outputs
+
+def _plot_name(result: ScoreResult, taken: set[str]) -> str:
+    """``<stem>.png``, then ``<stem>-2.png``, ... for inputs sharing a stem (in input order)."""
+    stem = Path(result.path).stem if result.path != "<array>" else "array"
+    name, copy = f"{stem}.png", 1
+    while name in taken:
+        copy += 1
+        name = f"{stem}-{copy}.png"
+    taken.add(name)
+    return name
+
+
+def _cell(value: float | None, fmt: str = "") -> str:
+    """A table cell: empty for a missing value; ``fmt`` "" gives the shortest exact repr."""
+    return "" if value is None else (format(value, fmt) if fmt else repr(value))
+
+
+def write_score_outputs(results: Iterable[ScoreResult], scorer: Scorer, *,
+                        json_stream: TextIO | None = None,
+                        csv_path: str | os.PathLike[str] | None = None,
+                        plot_dir: str | os.PathLike[str] | None = None,
+                        table: bool = True) -> tuple[int, int]:
+    """Stream ``results`` to the outputs of ``rl-scaniqa score``; return ``(scored, failed)``.
+
+    Args:
+        results: usually ``scorer.score_many(..., previews=plot_dir is not None)``.
+        scorer: the scorer that produced them (its grid draws the plots).
+        json_stream: one JSON object per line (:meth:`ScoreResult.to_dict`), flushed per image.
+        csv_path: a CSV table with :data:`CSV_COLUMNS`, streamed to a temporary file that
+            replaces ``csv_path`` once every image is done.
+        plot_dir: one PNG per scored image, the ERP with its K paths drawn (:meth:`Scorer.draw`).
+        table: print a rich table of path, score, std and error at the end.
+    """
+    rows: list[tuple[str, str, str, str]] = []
+    taken: set[str] = set()
+    scored = failed = 0
+    plots = Path(plot_dir) if plot_dir is not None else None
+    if plots is not None:
+        plots.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if csv_path is not None:
+            Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = stack.enter_context(atomic_path(csv_path))
+            writer = csv.writer(stack.enter_context(open(tmp, "w", newline="", encoding="utf-8")))
+            writer.writerow(CSV_COLUMNS)
+        for result in results:
+            scored, failed = (scored + 1, failed) if result.ok else (scored, failed + 1)
+            if json_stream is not None:
+                json_stream.write(json.dumps(result.to_dict()) + "\n")
+                json_stream.flush()
+            if writer is not None:
+                writer.writerow([result.path, _cell(result.score), _cell(result.std),
+                                 json.dumps(result.paths, separators=(",", ":")),
+                                 result.error or ""])
+            if plots is not None and result.ok:
+                write_image(plots / _plot_name(result, taken), scorer.draw(result))
+            if table:
+                # The path is in the row already: the error cell keeps only the problem.
+                problem = (result.error or "").removeprefix(f"{result.path}: ")
+                rows.append((result.path, _cell(result.score, ".3f"), _cell(result.std, ".3f"),
+                             problem))
+    if table:
+        from rich.console import Console
+        from rich.table import Table
+
+        scale = scorer.model.mos_scale
+        view = Table(title=f"RL-ScanIQA scores (MOS scale {scale.low:g}..{scale.high:g}, higher "
+                           f"is better; K={scorer.n_paths}, T={scorer.path_length})")
+        # Paths and errors fold onto more lines rather than being cut: they identify a row.
+        view.add_column("path", overflow="fold")
+        view.add_column("score", justify="right", no_wrap=True)
+        view.add_column("std", justify="right", no_wrap=True)
+        view.add_column("error", overflow="fold")
+        for row in rows:
+            view.add_row(*row)
+        Console().print(view)
+    return scored, failed

@@ -1,0 +1,187 @@
+"""The ``rl-scaniqa`` command line.
+
+Subcommands:
+
+``synth``
+    Generate the Synth360 dataset (the embedded default) into a folder.
+``cache``
+    Build (or resume, or reuse) the feature cache of a dataset for one backbone and viewport grid.
+``score``
+    Score panoramas (files or folders) with a trained model: quality on the model's MOS scale,
+    higher is better, with the std over the K scanpaths and the paths themselves.
+
+Each subcommand has ``--help``. Heavy modules are imported inside the handlers so that
+``rl-scaniqa --help`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rl_scaniqa.envs.errors import RLScanIQAError
+
+DATASET_NAMES = ("synth360", "cviqd", "oiqa", "jufe", "csv")
+
+
+def parse_option(text: str) -> tuple[str, str]:
+    """Split a ``key=value`` dataset option."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.replace("-", "_"), value
+
+
+def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n-lon", type=int, default=8, help="viewport columns (default 8)")
+    parser.add_argument("--n-lat", type=int, default=4, help="viewport rows (default 4)")
+    parser.add_argument("--fov", type=float, default=90.0, help="viewport field of view, degrees")
+    parser.add_argument("--size", type=int, default=224, help="viewport side in pixels")
+
+
+def _grid_from_args(args: argparse.Namespace):
+    from rl_scaniqa.envs.geometry import ViewportGrid
+
+    return ViewportGrid(n_lon=args.n_lon, n_lat=args.n_lat, fov_deg=args.fov, size=args.size)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from rl_scaniqa.envs.datasets.synth360 import generate_synth360
+
+    options = {"seed": args.seed, "quick": args.quick, "progress": not args.no_progress}
+    if args.refs is not None:
+        options["n_refs"] = args.refs
+    if args.width is not None:
+        options["width"] = args.width
+    labels = generate_synth360(Path(args.out), **options)
+    print(f"Synth360 written: {labels}")
+    return 0
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from rl_scaniqa.envs.backbones import make_backbone
+    from rl_scaniqa.envs.datasets import load_dataset
+    from rl_scaniqa.envs.feature_cache import build_cache, load_cache
+    from rl_scaniqa.envs.io_utils import default_home
+
+    records = load_dataset(args.dataset, Path(args.root), **dict(args.option))
+    backbone = make_backbone(args.backbone, device=args.device, batch_size=args.batch_size)
+    grid = _grid_from_args(args)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_home() / "cache"
+    augmentations = tuple(a for a in args.augment.split(",") if a) if args.augment else ()
+    path = build_cache(records, backbone, grid, cache_dir, dataset=args.dataset,
+                       augmentations=augmentations, chunk_size=args.chunk_size,
+                       progress=not args.no_progress)
+    cache = load_cache(path, expect_backbone=backbone.name, expect_grid=grid)
+    summary = {"cache": str(path), "images": len(cache), "backbone": cache.backbone,
+               "dim": cache.dim, "grid": grid.key(), "augmentations": list(cache.augmentations)}
+    print(json.dumps(summary) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from rl_scaniqa.assessor.scorer import Scorer, find_images, write_score_outputs
+
+    scorer = Scorer.from_pretrained(args.model, backbone=args.backbone, device=args.device,
+                                    k=args.k, t=args.t, seed=args.seed)
+    images = find_images(args.paths)
+    if not images:
+        print(f"rl-scaniqa score: no images found in {' '.join(args.paths)}", file=sys.stderr)
+        return 1
+    # The progress bar writes to stdout, so JSON lines (meant for pipes) go without it.
+    results = scorer.score_many(images, batch_size=args.batch_size,
+                                progress=not (args.json or args.no_progress),
+                                previews=args.plot is not None)
+    scored, failed = write_score_outputs(results, scorer,
+                                         json_stream=sys.stdout if args.json else None,
+                                         csv_path=args.csv, plot_dir=args.plot, table=not args.json)
+    if failed:
+        print(f"rl-scaniqa score: {failed} of {scored + failed} images could not be scored",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rl-scaniqa",
+        description="Reinforcement-learned scanpaths for blind 360-degree image quality assessment.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    synth = sub.add_parser("synth", help="generate the Synth360 dataset",
+                           description="Generate Synth360: references composed on the sphere, "
+                                       "global and local distortions, pseudo-MOS labels.")
+    synth.add_argument("--out", required=True, help="output folder (images/ and labels.csv)")
+    synth.add_argument("--quick", action="store_true", help="a handful of contents, for smoke runs")
+    synth.add_argument("--refs", type=int, default=None, help="number of reference contents")
+    synth.add_argument("--width", type=int, default=None, help="ERP width in pixels (height = width/2)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    synth.set_defaults(handler=run_synth)
+
+    cache = sub.add_parser("cache", help="build the feature cache of a dataset",
+                           description="Extract the viewport and global features, entropies and "
+                                       "viewport SSIM of every image; resumes an interrupted build "
+                                       "and rebuilds a stale cache.")
+    cache.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    cache.add_argument("--root", required=True, help="dataset folder")
+    cache.add_argument("--option", type=parse_option, action="append", default=[],
+                       metavar="KEY=VALUE", help="loader option, repeatable (e.g. condition=good-15s)")
+    cache.add_argument("--backbone", default="nss",
+                       help="nss (default, offline), dinov2[:MODEL_OR_DIR], nss+dinov2[:MODEL_OR_DIR]")
+    cache.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    cache.add_argument("--batch-size", type=int, default=32)
+    _add_grid_arguments(cache)
+    cache.add_argument("--augment", default="",
+                       help="comma-separated augmented views to cache too, e.g. weak,mild,heavy")
+    cache.add_argument("--chunk-size", type=int, default=16, help="images per resumable chunk")
+    cache.add_argument("--cache-dir", default=None, help="default: $RL_SCANIQA_HOME/cache")
+    cache.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    cache.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    cache.set_defaults(handler=run_cache)
+
+    score = sub.add_parser("score", help="score panoramas with a trained model",
+                           description="Blind quality of 360-degree panoramas (2:1 ERP files): the "
+                                       "model's policy looks along K scanpaths of T viewports and its "
+                                       "assessor scores them. Scores are on the model's MOS scale, "
+                                       "higher is better; std is over the K paths. Exits non-zero if "
+                                       "any image failed (the others are still scored).")
+    score.add_argument("paths", nargs="+", metavar="PATH",
+                       help="image files or folders (searched recursively for .jpg .jpeg .png .webp "
+                            ".tif .tiff)")
+    score.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    score.add_argument("--backbone", default=None,
+                       help="backbone spec replacing the model's own, e.g. dinov2:/models/dinov2-small "
+                            "for local weights (must compute the same features)")
+    score.add_argument("--k", type=int, default=None, help="paths per image (default: the model's, 15)")
+    score.add_argument("--t", type=int, default=None,
+                       help="steps per path (default: the model's, 7); 1..V-1, scores drift as T moves "
+                            "away from the trained value")
+    score.add_argument("--seed", type=int, default=0, help="seed of the path sampling")
+    score.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    score.add_argument("--csv", default=None, metavar="OUT", help="also write a CSV table to OUT")
+    score.add_argument("--plot", default=None, metavar="DIR",
+                       help="write one PNG per image into DIR: the panorama with its K paths drawn")
+    score.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    score.add_argument("--batch-size", type=int, default=8, help="images per policy/assessor batch")
+    score.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    score.set_defaults(handler=run_score)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rl-scaniqa`` console script."""
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except RLScanIQAError as error:
+        print(f"rl-scaniqa {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

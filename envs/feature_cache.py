@@ -1,0 +1,891 @@
+"""Per-dataset feature cache: everything the env and the assessor need, so neither touches pixels.
+
+For every image of a dataset, one backbone and one viewport grid, the cache holds
+
+* the backbone features of the V viewports and of the global view (the whole ERP, resized);
+* the grey-level Shannon entropy of each viewport (256 bins, bits, 0..8; grey = BT.601 luma as
+  ``cv2.COLOR_RGB2GRAY``, computed by :func:`rl_scaniqa.envs.backbones.grey_entropy`);
+* the V x V matrix of SSIM between the grey viewports (symmetric, diagonal 1), for the env's
+  ``1 - SSIM(x_t, x_{t-1})`` reward;
+* a 128 x 256 RGB thumbnail (``cv2.INTER_AREA``), only for rendering;
+* the dataset's start viewport (``record.extra["start_yaw"]`` / ``["start_pitch"]`` in degrees,
+  mapped with :meth:`ViewportGrid.nearest`; ``-1`` when absent);
+* the label fields (image id, path, reference id, distortion, level, raw MOS);
+* optionally the viewport and global features of *augmented views*: real image-space
+  distortions (:mod:`rl_scaniqa.envs.distortions`) applied to the ERP before projection, for
+  the assessor's consistency, triplet and cross-ranking losses. ``weak`` is level 1 of a
+  photometric, noise or JPEG distortion; ``mild`` and ``heavy`` are levels 2 and 4-5 of one kind
+  per image (JPEG, JPEG2000, blur, noise, over- or under-exposure), so clean > mild > heavy holds
+  by construction. Kinds and levels are drawn deterministically per image
+  (:func:`augmentation_for`, seeded by SHA-256 of the image id and view); distortions are applied
+  at the ERP's native resolution, like the datasets' own.
+
+File format
+-----------
+One safetensors file (``safetensors.numpy``), tensors (M images, V viewports, D feature dims,
+A augmented views)::
+
+    viewport_features      float32 (M, V, D)
+    global_features        float32 (M, D)
+    entropy                float32 (M, V)
+    ssim                   float32 (M, V, V)
+    thumbnails             uint8   (M, 128, 256, 3)
+    start_viewports        int64   (M,)
+    levels                 int64   (M,)
+    mos                    float32 (M,)
+    aug_viewport_features  float32 (M, A, V, D)     A may be 0
+    aug_global_features    float32 (M, A, D)
+
+and string metadata: ``format`` (``rl-scaniqa-feature-cache``), ``format_version``, ``key``,
+``fingerprint``, ``dataset``, ``backbone``, ``dim``, ``grid`` (JSON of the ViewportGrid fields),
+``grid_key``, ``mos_scale`` (JSON ``[low, high]``), ``augmentations`` (JSON list),
+``augmentation_views`` (JSON of their kinds and levels), ``ssim_resolution``, and JSON lists
+``image_ids``, ``paths``, ``ref_ids``, ``distortions``.
+
+Key and staleness
+-----------------
+The *dataset fingerprint* is a SHA-256 over, for every record **in order** (cache rows are
+positions in the record list, so a reordering must not reuse a cache): image id, resolved path,
+file size, ``st_mtime_ns``, MOS, reference id, distortion, level and start yaw/pitch. The cache
+*key* hashes the fingerprint with the dataset name, ``backbone.name``, ``grid.key()``, the
+augmented views with their kinds and levels, the SSIM resolution and :data:`FORMAT_VERSION`.
+The file is ``<cache_dir>/<dataset>-<grid key>-<key>.safetensors``, so a touched image, another
+backbone or another grid gives another file and a stale cache is never picked up; loading checks
+the stored backbone, grid and (through :func:`get_or_build_cache`) fingerprint as well.
+
+Resume
+------
+A build writes chunks of ``chunk_size`` images to ``<file stem>.parts/<start>-<stop>.safetensors``,
+each atomically. A rerun after an interruption keeps every chunk whose metadata (key, index
+range, image ids) and arrays check out and computes only the others (resuming therefore needs
+the same ``chunk_size``), then concatenates them into the final file, written atomically, and
+removes the parts folder. A build holds an exclusive ``fcntl`` lock on ``.<file stem>.lock``, so
+concurrent builders of the same cache (vector-env workers, two CLI runs) wait and then reuse it.
+
+SSIM
+----
+Computed as in Wang et al. (2004) -- Gaussian window sigma 1.5 truncated at radius 5 (11 taps),
+K1 = 0.01, K2 = 0.03, L = 255, population (co)variances, mean over the window positions that lie
+fully inside the image -- on the grey viewports first downsampled to :data:`SSIM_RESOLUTION`
+pixels (``cv2.INTER_AREA``; viewports smaller than that are used as they are). The result equals
+``skimage.metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=255)`` on the downsampled pair up to float32 rounding.
+64 px keeps all V(V-1)/2 = 496 pairs of a 32-viewport grid at about 15-20 ms per image on two
+CPU cores; the reward only needs to tell similar neighbours from dissimilar ones, which coarse
+structure already does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from rl_scaniqa.envs.backbones import Backbone, global_view, grey_entropy
+from rl_scaniqa.envs.datasets.records import MosScale, PanoramaRecord, mos_scale_for
+from rl_scaniqa.envs.distortions import apply_distortion
+from rl_scaniqa.envs.errors import CacheError, DatasetError, ImageError
+from rl_scaniqa.envs.geometry import ViewportGrid, extract_viewports
+from rl_scaniqa.envs.imageio import read_erp
+from rl_scaniqa.envs.io_utils import atomic_path
+from rl_scaniqa.envs.progress import progress_bar
+
+try:  # POSIX advisory locks; absent on Windows, where builds are not locked
+    import fcntl
+except ImportError:  # pragma: no cover - exercised on Windows only
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "AUGMENTATION_VIEWS",
+    "FORMAT_VERSION",
+    "SSIM_RESOLUTION",
+    "AugmentationChoice",
+    "FeatureCache",
+    "FeatureStats",
+    "ProjectedImage",
+    "augmentation_for",
+    "build_cache",
+    "cache_key",
+    "cache_path",
+    "dataset_fingerprint",
+    "encode_projected",
+    "get_or_build_cache",
+    "grey_viewports",
+    "load_cache",
+    "project_image",
+    "ssim_matrix",
+]
+
+#: Bumped whenever the content or layout of a cache changes; part of the key.
+FORMAT_VERSION = 1
+#: Side (pixels) to which grey viewports are downsampled before the pairwise SSIM.
+SSIM_RESOLUTION = 64
+#: (height, width) of the stored ERP thumbnails.
+THUMBNAIL_SHAPE = (128, 256)
+
+_FORMAT = "rl-scaniqa-feature-cache"
+_CHUNK_FORMAT = "rl-scaniqa-feature-cache-chunk"
+
+# Augmentation kinds. Weak views must leave the quality judgement nearly unchanged (consistency
+# loss), so they use global photometric, noise and compression damage at level 1 -- no blur or
+# stitching, whose visibility depends much more on content. Mild and heavy views share one kind
+# list, and the kind of an image is drawn from a seed that depends only on the image and that
+# list (see augmentation_for), so an image's mild and heavy views are the *same* distortion at
+# levels 2 and 4-5: clean > mild > heavy is then a genuine ordering for the triplet loss.
+# Stitching is left out: its damage is local to a few seams and barely moves a global score.
+_WEAK_KINDS: tuple[str, ...] = ("jpeg", "noise", "overexposure", "underexposure")
+_GRADED_KINDS: tuple[str, ...] = ("jpeg", "jpeg2000", "blur", "noise", "overexposure", "underexposure")
+
+#: Augmented views: name -> (distortion kinds to choose from, inclusive level range).
+AUGMENTATION_VIEWS: dict[str, tuple[tuple[str, ...], tuple[int, int]]] = {
+    "weak": (_WEAK_KINDS, (1, 1)),
+    "mild": (_GRADED_KINDS, (2, 2)),
+    "heavy": (_GRADED_KINDS, (4, 5)),
+}
+
+# SSIM constants (Wang et al. 2004); the window matches skimage's gaussian_weights.
+_SSIM_SIGMA = 1.5
+_SSIM_RADIUS = 5
+_SSIM_C1 = (0.01 * 255.0) ** 2
+_SSIM_C2 = (0.03 * 255.0) ** 2
+_SSIM_KERNEL = np.exp(-0.5 * (np.arange(-_SSIM_RADIUS, _SSIM_RADIUS + 1) / _SSIM_SIGMA) ** 2)
+_SSIM_KERNEL = (_SSIM_KERNEL / _SSIM_KERNEL.sum()).astype(np.float32)
+
+_FEATURE_ARRAYS = ("viewport_features", "global_features", "aug_viewport_features", "aug_global_features")
+
+
+# --------------------------------------------------------------------------- pixel statistics
+
+def grey_viewports(viewports: np.ndarray) -> np.ndarray:
+    """Grey (ITU-R BT.601 luma, as ``cv2.COLOR_RGB2GRAY``) copies of RGB viewports.
+
+    Args:
+        viewports: ``uint8 (V, S, S, 3)`` RGB.
+
+    Returns:
+        ``uint8 (V, S, S)``.
+    """
+    n, height, width, _ = viewports.shape
+    stacked = np.ascontiguousarray(viewports).reshape(n * height, width, 3)
+    return cv2.cvtColor(stacked, cv2.COLOR_RGB2GRAY).reshape(n, height, width)
+
+
+def _valid_gaussian_filter(images: np.ndarray) -> np.ndarray:
+    """Gaussian-filter a stack ``(N, S, S)`` and keep the window positions fully inside each image.
+
+    The stack is filtered as one tall ``(N*S, S)`` image (one fast OpenCV call): the vertical pass
+    mixes rows of neighbouring images only within ``_SSIM_RADIUS`` of their borders, exactly the
+    rows that the crop then discards.
+    """
+    n, side, _ = images.shape
+    filtered = cv2.sepFilter2D(images.reshape(n * side, side), -1, _SSIM_KERNEL, _SSIM_KERNEL,
+                               borderType=cv2.BORDER_REFLECT)
+    r = _SSIM_RADIUS
+    return np.ascontiguousarray(filtered.reshape(n, side, side)[:, r:-r, r:-r])
+
+
+def ssim_matrix(grey: np.ndarray, resolution: int = SSIM_RESOLUTION) -> np.ndarray:
+    """SSIM between every pair of grey viewports, vectorised over the pairs.
+
+    Args:
+        grey: ``uint8 (V, S, S)`` grey viewports.
+        resolution: side to which they are downsampled first (``cv2.INTER_AREA``); viewports
+            already at most this size are used as they are.
+
+    Returns:
+        ``float32 (V, V)``, symmetric, diagonal exactly 1.
+
+    Raises:
+        ValueError: viewports smaller than the 11 px SSIM window, or not square.
+    """
+    n, height, width = grey.shape
+    if height != width:
+        raise ValueError(f"SSIM expects square viewports, got {height}x{width}")
+    side = min(height, resolution)
+    if side < 2 * _SSIM_RADIUS + 1:
+        raise ValueError(f"viewports of {side} px are smaller than the {2 * _SSIM_RADIUS + 1} px SSIM window")
+    if side != height:
+        small = np.stack([cv2.resize(g, (side, side), interpolation=cv2.INTER_AREA) for g in grey])
+    else:
+        small = grey
+    x = small.astype(np.float32)
+    i, j = np.triu_indices(n, 1)
+    mu = _valid_gaussian_filter(x)
+    var = _valid_gaussian_filter(x * x) - mu * mu
+    cross = _valid_gaussian_filter(x[i] * x[j])
+    mu_i, mu_j = mu[i], mu[j]
+    # In-place arithmetic: the (pairs, s, s) temporaries dominate the cost at V = 32.
+    numerator = mu_i * mu_j
+    cross -= numerator
+    cross *= 2.0
+    cross += _SSIM_C2
+    numerator *= 2.0
+    numerator += _SSIM_C1
+    numerator *= cross
+    denominator = mu_i * mu_i
+    denominator += mu_j * mu_j
+    denominator += _SSIM_C1
+    spread = var[i] + var[j]
+    spread += _SSIM_C2
+    denominator *= spread
+    numerator /= denominator
+    out = np.eye(n, dtype=np.float32)
+    out[i, j] = numerator.reshape(len(i), -1).mean(axis=1)
+    out[j, i] = out[i, j]
+    return out
+
+
+# --------------------------------------------------------------------------- augmentations
+
+@dataclass(frozen=True)
+class AugmentationChoice:
+    """The distortion an augmented view applies to one image."""
+
+    kind: str
+    level: int
+    seed: int
+
+
+def _stable_seed(*parts: str) -> int:
+    """A 63-bit seed from strings, identical across processes and Python versions (unlike hash())."""
+    digest = hashlib.sha256("\x00".join(parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def augmentation_for(image_id: str, view: str) -> AugmentationChoice:
+    """The deterministic distortion of augmented ``view`` for image ``image_id``.
+
+    The kind is drawn with a seed from the image id and the view's *kind list*, so views sharing
+    a kind list (mild and heavy) distort one image with the same kind; the level (within the
+    view's range) and the pixel randomness (noise samples) are seeded by image id and view name.
+
+    Raises:
+        CacheError: ``view`` is not in :data:`AUGMENTATION_VIEWS`.
+    """
+    if view not in AUGMENTATION_VIEWS:
+        raise CacheError(f"unknown augmented view {view!r}; known views: {', '.join(AUGMENTATION_VIEWS)}")
+    kinds, (low, high) = AUGMENTATION_VIEWS[view]
+    kind_rng = np.random.default_rng(_stable_seed(image_id, "kind", *kinds))
+    kind = kinds[int(kind_rng.integers(len(kinds)))]
+    level_rng = np.random.default_rng(_stable_seed(image_id, "level", view))
+    level = int(level_rng.integers(low, high + 1))
+    return AugmentationChoice(kind=kind, level=level, seed=_stable_seed(image_id, "pixels", view))
+
+
+def _check_augmentations(augmentations: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(augmentations)
+    for name in names:
+        if name not in AUGMENTATION_VIEWS:
+            raise CacheError(f"unknown augmented view {name!r}; known views: {', '.join(AUGMENTATION_VIEWS)}")
+    if len(set(names)) != len(names):
+        raise CacheError(f"augmented views listed twice: {', '.join(names)}")
+    return names
+
+
+# --------------------------------------------------------------------------- the cache object
+
+@dataclass
+class FeatureCache:
+    """Cached features and labels of a dataset; rows follow the record order it was built from."""
+
+    backbone: str
+    dim: int
+    grid: ViewportGrid
+    dataset: str
+    mos_scale: MosScale
+    image_ids: list[str]
+    paths: list[str]
+    ref_ids: list[str]
+    distortions: list[str]
+    levels: np.ndarray
+    mos: np.ndarray
+    viewport_features: np.ndarray
+    global_features: np.ndarray
+    entropy: np.ndarray
+    ssim: np.ndarray
+    thumbnails: np.ndarray
+    start_viewports: np.ndarray
+    augmentations: tuple[str, ...]
+    aug_viewport_features: np.ndarray
+    aug_global_features: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def mos_normalized(self) -> np.ndarray:
+        """MOS mapped to 0..1 by the dataset's MOS scale, ``float32 (M,)``."""
+        return np.asarray(self.mos_scale.normalize(self.mos), dtype=np.float32)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> FeatureCache:
+        """A new cache holding the given rows, in the given order (arrays are copies)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"subset indices out of range for a cache of {len(self)} images")
+        pick = [int(k) for k in idx]
+        return dataclasses.replace(
+            self,
+            image_ids=[self.image_ids[k] for k in pick],
+            paths=[self.paths[k] for k in pick],
+            ref_ids=[self.ref_ids[k] for k in pick],
+            distortions=[self.distortions[k] for k in pick],
+            levels=self.levels[idx],
+            mos=self.mos[idx],
+            viewport_features=self.viewport_features[idx],
+            global_features=self.global_features[idx],
+            entropy=self.entropy[idx],
+            ssim=self.ssim[idx],
+            thumbnails=self.thumbnails[idx],
+            start_viewports=self.start_viewports[idx],
+            aug_viewport_features=self.aug_viewport_features[idx],
+            aug_global_features=self.aug_global_features[idx],
+        )
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Per-dimension standardisation of viewport and global features (fit on TRAIN images only)."""
+
+    global_mean: np.ndarray
+    global_std: np.ndarray
+    viewport_mean: np.ndarray
+    viewport_std: np.ndarray
+
+    #: Standard deviations below this are raised to it, so constant dimensions map to 0, not inf.
+    STD_FLOOR = 1e-6
+
+    @classmethod
+    def fit(cls, cache: FeatureCache, indices: Sequence[int] | None = None) -> FeatureStats:
+        """Fit on the clean features of the images ``indices`` (all images when None)."""
+        idx = np.arange(len(cache)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            raise ValueError("FeatureStats.fit needs at least one image")
+        glob = cache.global_features[idx].astype(np.float64)
+        views = cache.viewport_features[idx].reshape(-1, cache.dim).astype(np.float64)
+        floor = cls.STD_FLOOR
+        return cls(
+            global_mean=glob.mean(axis=0).astype(np.float32),
+            global_std=np.maximum(glob.std(axis=0), floor).astype(np.float32),
+            viewport_mean=views.mean(axis=0).astype(np.float32),
+            viewport_std=np.maximum(views.std(axis=0), floor).astype(np.float32),
+        )
+
+    def standardize_viewports(self, x: np.ndarray) -> np.ndarray:
+        """``(x - mean) / std`` over the last axis (D) with the viewport statistics, float32."""
+        return ((np.asarray(x, dtype=np.float32) - self.viewport_mean) / self.viewport_std).astype(np.float32)
+
+    def standardize_global(self, x: np.ndarray) -> np.ndarray:
+        """``(x - mean) / std`` over the last axis (D) with the global statistics, float32."""
+        return ((np.asarray(x, dtype=np.float32) - self.global_mean) / self.global_std).astype(np.float32)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """JSON-ready form (lists of floats)."""
+        return {name: [float(v) for v in getattr(self, name)] for name in _STATS_FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Sequence[float]]) -> FeatureStats:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: a field is missing, the lengths differ, a value is not finite or a std
+                is not positive.
+        """
+        missing = [name for name in _STATS_FIELDS if name not in data]
+        if missing:
+            raise ValueError(f"feature statistics lack {', '.join(missing)}")
+        arrays = {name: np.asarray(data[name], dtype=np.float32).reshape(-1) for name in _STATS_FIELDS}
+        sizes = {name: a.size for name, a in arrays.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"feature statistics have different lengths: {sizes}")
+        if not all(np.isfinite(a).all() for a in arrays.values()):
+            raise ValueError("feature statistics contain non-finite values")
+        if (arrays["global_std"] <= 0).any() or (arrays["viewport_std"] <= 0).any():
+            raise ValueError("feature statistics contain non-positive standard deviations")
+        return cls(**arrays)
+
+
+_STATS_FIELDS = ("global_mean", "global_std", "viewport_mean", "viewport_std")
+
+
+# --------------------------------------------------------------------------- keys and paths
+
+def _image_id(record: PanoramaRecord) -> str:
+    return record.image_id or Path(record.path).stem
+
+
+def _start_direction(record: PanoramaRecord) -> tuple[float, float] | None:
+    """The dataset's start direction (yaw, pitch) in degrees, or None when it has none."""
+    extra = record.extra or {}
+    if "start_yaw" not in extra and "start_pitch" not in extra:
+        return None
+    try:
+        yaw, pitch = float(extra["start_yaw"]), float(extra["start_pitch"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise DatasetError(f"{record.path}: start direction needs numeric start_yaw and start_pitch "
+                           f"(got {dict(extra)!r}): {error}") from error
+    if not (np.isfinite(yaw) and np.isfinite(pitch) and -90.0 <= pitch <= 90.0):
+        raise DatasetError(f"{record.path}: start direction yaw={yaw}, pitch={pitch} is not on the sphere")
+    return yaw, pitch
+
+
+def dataset_fingerprint(records: Sequence[PanoramaRecord]) -> str:
+    """SHA-256 hex of the records' files (path, size, mtime) and labels, in record order.
+
+    Raises:
+        ImageError: an image file does not exist.
+        DatasetError: two records share an image id, or a start direction is malformed.
+    """
+    entries = []
+    seen: dict[str, Path] = {}
+    for record in records:
+        path = Path(record.path)
+        image_id = _image_id(record)
+        if image_id in seen:
+            raise DatasetError(f"{path}: image id {image_id!r} is also used by {seen[image_id]}")
+        seen[image_id] = path
+        try:
+            stat = path.stat()
+        except OSError as error:
+            raise ImageError(f"{path}: cannot read the image file ({error.strerror or error})") from error
+        entries.append([image_id, str(path.resolve()), stat.st_size, stat.st_mtime_ns, float(record.mos),
+                        record.ref_id, record.distortion, int(record.level), _start_direction(record)])
+    return hashlib.sha256(json.dumps(entries).encode("utf-8")).hexdigest()
+
+
+def cache_key(fingerprint: str, backbone_name: str, grid: ViewportGrid, dataset: str,
+              augmentations: Sequence[str] = ()) -> str:
+    """The 20-hex-digit key naming a cache file (see the module docstring for what it covers)."""
+    names = _check_augmentations(augmentations)
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "dataset": dataset,
+        "backbone": backbone_name,
+        "grid": grid.key(),
+        "augmentations": [[name, list(AUGMENTATION_VIEWS[name][0]), list(AUGMENTATION_VIEWS[name][1])]
+                          for name in names],
+        "ssim_resolution": SSIM_RESOLUTION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:20]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "dataset"
+
+
+def cache_path(cache_dir: str | os.PathLike[str], dataset: str, grid: ViewportGrid, key: str) -> Path:
+    """``<cache_dir>/<dataset>-<grid key>-<key>.safetensors``."""
+    return Path(cache_dir) / f"{_slug(dataset)}-{_slug(grid.key())}-{key}.safetensors"
+
+
+def _parts_dir(path: Path) -> Path:
+    return path.with_name(path.stem + ".parts")
+
+
+# --------------------------------------------------------------------------- computing features
+
+def _run_backbone(backbone: Backbone, images: np.ndarray, name: str, what: str) -> np.ndarray:
+    """Backbone features of ``images``, checked for shape and finiteness (errors name the image)."""
+    features = np.asarray(backbone(images), dtype=np.float32)
+    expected = (images.shape[0], backbone.dim)
+    if features.shape != expected:
+        raise CacheError(f"{name}: backbone {backbone.name} returned features of shape "
+                         f"{features.shape} for the {what}, expected {expected}")
+    if not np.isfinite(features).all():
+        raise CacheError(f"{name}: backbone {backbone.name} produced NaN/inf features for the {what}")
+    return features
+
+
+@dataclass(frozen=True)
+class ProjectedImage:
+    """The pixels of one ERP that its cache row is computed from (see :func:`project_image`).
+
+    Attributes:
+        viewports: ``uint8 (V, S, S, 3)``, :func:`extract_viewports` on the grid.
+        global_view: ``uint8 (S, 2S, 3)``, :func:`global_view`, input of the global descriptor.
+        thumbnail: ``uint8 (128, 256, 3)`` (``cv2.INTER_AREA``), for rendering only.
+    """
+
+    viewports: np.ndarray
+    global_view: np.ndarray
+    thumbnail: np.ndarray
+
+
+def project_image(erp: np.ndarray, grid: ViewportGrid) -> ProjectedImage:
+    """Viewports, global view and thumbnail of one ERP (``uint8 (H, 2H, 3)`` RGB), as the cache uses them.
+
+    Only OpenCV resampling, which releases the GIL: the scorer runs it in its reader thread.
+    """
+    return ProjectedImage(viewports=extract_viewports(erp, grid), global_view=global_view(erp, grid.size),
+                          thumbnail=cv2.resize(erp, THUMBNAIL_SHAPE[::-1], interpolation=cv2.INTER_AREA))
+
+
+def encode_projected(projected: ProjectedImage, backbone: Backbone, name: str = "<array>") -> dict[str, np.ndarray]:
+    """One row of each clean per-image cache array, computed from a projected ERP.
+
+    The single definition of an image's cache row, shared by :func:`build_cache` and the scorer.
+    Exactly V + 1 images go through the backbone, in two calls because the viewports (S x S) and
+    the global view (S x 2S) differ in size.
+
+    Returns:
+        ``viewport_features`` float32 (V, D), ``global_features`` float32 (D,), ``entropy``
+        float32 (V,), ``ssim`` float32 (V, V) and ``thumbnails`` uint8 (128, 256, 3).
+
+    Raises:
+        CacheError: the backbone returned a wrong shape or NaN/inf features (the message names ``name``).
+    """
+    viewports = projected.viewports
+    return {
+        "viewport_features": _run_backbone(backbone, viewports, name, "viewports (clean)"),
+        "global_features": _run_backbone(backbone, projected.global_view[None], name, "global view (clean)")[0],
+        "entropy": grey_entropy(viewports).astype(np.float32),
+        "ssim": ssim_matrix(grey_viewports(viewports)),
+        "thumbnails": projected.thumbnail,
+    }
+
+
+def _encode(image: np.ndarray, backbone: Backbone, grid: ViewportGrid, record: PanoramaRecord,
+            view: str) -> tuple[np.ndarray, np.ndarray]:
+    """Viewport features (V, D) and global feature (D,) of one (augmented) ERP.
+
+    Two backbone calls, because the viewports (S x S) and the global view (S x 2S) differ in size.
+    """
+    name = str(record.path)
+    local = _run_backbone(backbone, extract_viewports(image, grid), name, f"viewports ({view})")
+    overall = _run_backbone(backbone, global_view(image, grid.size)[None], name, f"global view ({view})")
+    return local, overall[0]
+
+
+def _compute_chunk(records: Sequence[PanoramaRecord], backbone: Backbone, grid: ViewportGrid,
+                   augmentations: tuple[str, ...], on_image: Callable[[], None]) -> dict[str, np.ndarray]:
+    """Every per-image array of ``records``; ``on_image()`` is called after each image."""
+    m, v, d, a = len(records), grid.n_viewports, backbone.dim, len(augmentations)
+    out = {
+        "viewport_features": np.empty((m, v, d), np.float32),
+        "global_features": np.empty((m, d), np.float32),
+        "entropy": np.empty((m, v), np.float32),
+        "ssim": np.empty((m, v, v), np.float32),
+        "thumbnails": np.empty((m, *THUMBNAIL_SHAPE, 3), np.uint8),
+        "start_viewports": np.empty((m,), np.int64),
+        "aug_viewport_features": np.empty((m, a, v, d), np.float32),
+        "aug_global_features": np.empty((m, a, d), np.float32),
+    }
+    for row, record in enumerate(records):
+        erp = read_erp(record.path)
+        for name, value in encode_projected(project_image(erp, grid), backbone, str(record.path)).items():
+            out[name][row] = value
+        start = _start_direction(record)
+        out["start_viewports"][row] = -1 if start is None else grid.nearest(*start)
+        for col, view in enumerate(augmentations):
+            choice = augmentation_for(_image_id(record), view)
+            distorted = apply_distortion(erp, choice.kind, choice.level, np.random.default_rng(choice.seed))
+            out["aug_viewport_features"][row, col], out["aug_global_features"][row, col] = _encode(
+                distorted, backbone, grid, record, f"{view} view, {choice.kind} level {choice.level}")
+        on_image()
+    return out
+
+
+# --------------------------------------------------------------------------- reading files
+
+def _open(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """Metadata and all tensors of a safetensors file; any failure becomes a CacheError."""
+    if not path.is_file():
+        raise CacheError(f"{path}: feature cache file not found")
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # safetensors raises its own (non-exported) error types
+        raise CacheError(f"{path}: corrupt or truncated feature cache ({error})") from error
+    return metadata, tensors
+
+
+def _read_metadata(path: Path) -> dict[str, str] | None:
+    """Header metadata only (cheap), or None when the file is missing or unreadable."""
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return dict(handle.metadata() or {})
+    except Exception:  # any unreadable file just means "not reusable"
+        return None
+
+
+def _json_field(metadata: Mapping[str, str], name: str, path: Path) -> Any:
+    try:
+        return json.loads(metadata[name])
+    except (KeyError, json.JSONDecodeError) as error:
+        raise CacheError(f"{path}: feature cache metadata field {name!r} is missing or malformed") from error
+
+
+def _check_shapes(tensors: Mapping[str, np.ndarray], m: int, v: int, d: int, a: int, path: Path) -> None:
+    expected = {
+        "viewport_features": ((m, v, d), np.float32),
+        "global_features": ((m, d), np.float32),
+        "entropy": ((m, v), np.float32),
+        "ssim": ((m, v, v), np.float32),
+        "thumbnails": ((m, *THUMBNAIL_SHAPE, 3), np.uint8),
+        "start_viewports": ((m,), np.int64),
+        "aug_viewport_features": ((m, a, v, d), np.float32),
+        "aug_global_features": ((m, a, d), np.float32),
+    }
+    for name, (shape, dtype) in expected.items():
+        if name not in tensors:
+            raise CacheError(f"{path}: feature cache lacks the {name!r} array")
+        array = tensors[name]
+        if array.shape != shape or array.dtype != dtype:
+            raise CacheError(f"{path}: array {name!r} is {array.dtype}{array.shape}, expected "
+                             f"{np.dtype(dtype)}{shape}")
+    for name in _FEATURE_ARRAYS:
+        if not np.isfinite(tensors[name]).all():
+            raise CacheError(f"{path}: array {name!r} contains NaN/inf values")
+
+
+def _read_cache(path: Path, expect_backbone: str | None,
+                expect_grid: ViewportGrid | None) -> tuple[FeatureCache, dict[str, str]]:
+    metadata, tensors = _open(path)
+    if metadata.get("format") != _FORMAT:
+        raise CacheError(f"{path}: not an rl-scaniqa feature cache (format {metadata.get('format')!r})")
+    if metadata.get("format_version") != str(FORMAT_VERSION):
+        raise CacheError(f"{path}: feature cache format version {metadata.get('format_version')!r}, this "
+                         f"code reads version {FORMAT_VERSION}; rebuild the cache")
+    if expect_backbone is not None and metadata.get("backbone") != expect_backbone:
+        raise CacheError(f"{path}: built with backbone {metadata.get('backbone')}, expected {expect_backbone}")
+    grid_fields = _json_field(metadata, "grid", path)
+    try:
+        grid = ViewportGrid(**grid_fields)
+    except (TypeError, ValueError) as error:
+        raise CacheError(f"{path}: stored grid {grid_fields!r} is not a valid ViewportGrid ({error})") from error
+    if expect_grid is not None and grid != expect_grid:
+        raise CacheError(f"{path}: built with grid {grid.key()}, expected {expect_grid.key()}")
+    lists = {name: _json_field(metadata, name, path) for name in ("image_ids", "paths", "ref_ids", "distortions")}
+    augmentations = tuple(_json_field(metadata, "augmentations", path))
+    low, high = _json_field(metadata, "mos_scale", path)
+    try:
+        dim = int(metadata["dim"])
+    except (KeyError, ValueError) as error:
+        raise CacheError(f"{path}: feature cache metadata field 'dim' is missing or malformed") from error
+    m = len(lists["image_ids"])
+    if any(len(values) != m for values in lists.values()):
+        raise CacheError(f"{path}: label lists have different lengths "
+                         f"({', '.join(f'{k}={len(v)}' for k, v in lists.items())})")
+    _check_shapes(tensors, m, grid.n_viewports, dim, len(augmentations), path)
+    for name, dtype in (("levels", np.int64), ("mos", np.float32)):
+        if name not in tensors or tensors[name].shape != (m,) or tensors[name].dtype != dtype:
+            raise CacheError(f"{path}: array {name!r} is missing or not {np.dtype(dtype)}({m},)")
+    cache = FeatureCache(
+        backbone=metadata.get("backbone", ""), dim=dim, grid=grid, dataset=metadata.get("dataset", ""),
+        mos_scale=MosScale(float(low), float(high)), augmentations=augmentations,
+        levels=tensors["levels"], mos=tensors["mos"],
+        viewport_features=tensors["viewport_features"], global_features=tensors["global_features"],
+        entropy=tensors["entropy"], ssim=tensors["ssim"], thumbnails=tensors["thumbnails"],
+        start_viewports=tensors["start_viewports"],
+        aug_viewport_features=tensors["aug_viewport_features"],
+        aug_global_features=tensors["aug_global_features"],
+        **lists,
+    )
+    return cache, metadata
+
+
+def load_cache(path: str | os.PathLike[str], *, expect_backbone: str | None = None,
+               expect_grid: ViewportGrid | None = None) -> FeatureCache:
+    """Load a feature cache file.
+
+    Args:
+        path: a file written by :func:`build_cache`.
+        expect_backbone: when given, the ``backbone.name`` the cache must have been built with.
+        expect_grid: when given, the grid it must have been built with.
+
+    Raises:
+        CacheError: missing, corrupt or truncated file, another format version, another backbone
+            or grid than expected, inconsistent arrays, or NaN/inf features; the message names
+            the file and the mismatch.
+    """
+    cache, _ = _read_cache(Path(path), expect_backbone, expect_grid)
+    return cache
+
+
+# --------------------------------------------------------------------------- building
+
+def _chunk_is_valid(path: Path, key: str, start: int, stop: int, image_ids: Sequence[str],
+                    v: int, d: int, a: int) -> bool:
+    """Whether a chunk file left by an earlier run belongs to this build and is complete."""
+    try:
+        metadata, tensors = _open(path)
+        if (metadata.get("format") != _CHUNK_FORMAT or metadata.get("key") != key
+                or metadata.get("start") != str(start) or metadata.get("stop") != str(stop)
+                or json.loads(metadata.get("image_ids", "null")) != list(image_ids)):
+            return False
+        _check_shapes(tensors, stop - start, v, d, a, path)
+    except (CacheError, json.JSONDecodeError):
+        return False
+    return True
+
+
+def _ranges(total: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunk_size, total)) for start in range(0, total, chunk_size)]
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock for building ``path``, so concurrent builders of one key (vector-env
+    workers, two CLI runs) wait for each other and then reuse the file instead of racing on the
+    chunks. Without ``fcntl`` (Windows) there is no lock: build in one process there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.stem}.lock"), "a+b") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _is_complete(path: Path, key: str, fingerprint: str) -> bool:
+    existing = _read_metadata(path)
+    return (existing is not None and existing.get("format") == _FORMAT and existing.get("key") == key
+            and existing.get("fingerprint") == fingerprint)
+
+
+def build_cache(records: Sequence[PanoramaRecord], backbone: Backbone, grid: ViewportGrid,
+                cache_dir: str | os.PathLike[str], *, dataset: str, augmentations: Sequence[str] = (),
+                chunk_size: int = 16, progress: bool = True) -> Path:
+    """Build (or resume, or reuse) the feature cache of ``records`` and return its path.
+
+    A complete file with the same key and fingerprint is returned as it is. Otherwise the images
+    are processed in chunks of ``chunk_size``, each saved atomically under ``<stem>.parts/``;
+    chunks left by an interrupted run are validated and reused. The chunks are then merged into
+    the final file (atomically) and the parts folder is removed. The whole build holds a lock
+    file ``.<stem>.lock`` beside the cache.
+
+    Raises:
+        CacheError: no records, unknown augmented view, bad chunk size, or a backbone that
+            returns NaN/inf features (the message names the image).
+        ImageError: an image file is missing, unreadable or not an ERP.
+        DatasetError: duplicate image ids or a malformed start direction.
+    """
+    records = list(records)
+    views = _check_augmentations(augmentations)
+    if not records:
+        raise CacheError(f"no images to cache for dataset {dataset!r}")
+    if chunk_size < 1:
+        raise CacheError(f"chunk_size must be at least 1, got {chunk_size}")
+    if min(grid.size, SSIM_RESOLUTION) < 2 * _SSIM_RADIUS + 1:
+        raise CacheError(f"grid {grid.key()}: viewports must be at least {2 * _SSIM_RADIUS + 1} px for SSIM")
+    fingerprint = dataset_fingerprint(records)
+    key = cache_key(fingerprint, backbone.name, grid, dataset, views)
+    path = cache_path(cache_dir, dataset, grid, key)
+    with _build_lock(path):
+        if path.exists():
+            if _is_complete(path, key, fingerprint):
+                return path
+            warnings.warn(f"{path}: unreadable or mismatched feature cache, rebuilding it", stacklevel=2)
+        # Under the lock nobody else writes this cache: temporary files of it are leftovers of a
+        # killed run (atomic_path names them ".<stem>.<random>.tmp.safetensors").
+        for leftover in path.parent.glob(f".{path.stem}.*.tmp{path.suffix}"):
+            leftover.unlink(missing_ok=True)
+        chunks = _build_chunks(records, backbone, grid, views, key, _parts_dir(path), chunk_size, progress,
+                               dataset)
+        tensors = _merge_chunks(chunks)
+        tensors["levels"] = np.asarray([int(r.level) for r in records], dtype=np.int64)
+        tensors["mos"] = np.asarray([float(r.mos) for r in records], dtype=np.float32)
+        metadata = _cache_metadata(records, backbone, grid, views, dataset, key, fingerprint)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+        shutil.rmtree(_parts_dir(path), ignore_errors=True)
+    return path
+
+
+def _build_chunks(records: list[PanoramaRecord], backbone: Backbone, grid: ViewportGrid,
+                  views: tuple[str, ...], key: str, parts: Path, chunk_size: int, progress: bool,
+                  dataset: str) -> list[Path]:
+    """Compute (or keep, when valid) every chunk file; returns them in index order."""
+    image_ids = [_image_id(r) for r in records]
+    v, d, a = grid.n_viewports, backbone.dim, len(views)
+    parts.mkdir(parents=True, exist_ok=True)
+    chunk_files = []
+    with progress_bar(f"caching {dataset}", len(records), unit="img", enabled=progress) as bar:
+        for start, stop in _ranges(len(records), chunk_size):
+            chunk = parts / f"{start:06d}-{stop:06d}.safetensors"
+            chunk_files.append(chunk)
+            if _chunk_is_valid(chunk, key, start, stop, image_ids[start:stop], v, d, a):
+                bar.advance(stop - start)
+                continue
+            arrays = _compute_chunk(records[start:stop], backbone, grid, views, bar.advance)
+            metadata = {"format": _CHUNK_FORMAT, "key": key, "start": str(start), "stop": str(stop),
+                        "image_ids": json.dumps(image_ids[start:stop])}
+            with atomic_path(chunk) as tmp:
+                save_file(arrays, str(tmp), metadata=metadata)
+    return chunk_files
+
+
+def _merge_chunks(chunk_files: Sequence[Path]) -> dict[str, np.ndarray]:
+    merged: dict[str, list[np.ndarray]] = {}
+    for chunk in chunk_files:
+        _, tensors = _open(chunk)
+        for name, array in tensors.items():
+            merged.setdefault(name, []).append(array)
+    return {name: np.ascontiguousarray(np.concatenate(arrays)) for name, arrays in merged.items()}
+
+
+def _cache_metadata(records: Sequence[PanoramaRecord], backbone: Backbone, grid: ViewportGrid,
+                    views: tuple[str, ...], dataset: str, key: str, fingerprint: str) -> dict[str, str]:
+    scale = mos_scale_for(dataset, records)
+    return {
+        "format": _FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "key": key,
+        "fingerprint": fingerprint,
+        "dataset": dataset,
+        "backbone": backbone.name,
+        "dim": str(backbone.dim),
+        "grid": json.dumps(dataclasses.asdict(grid)),
+        "grid_key": grid.key(),
+        "mos_scale": json.dumps([scale.low, scale.high]),
+        "augmentations": json.dumps(list(views)),
+        "augmentation_views": json.dumps({name: [list(AUGMENTATION_VIEWS[name][0]), list(AUGMENTATION_VIEWS[name][1])]
+                                          for name in views}),
+        "ssim_resolution": str(SSIM_RESOLUTION),
+        "image_ids": json.dumps([_image_id(r) for r in records]),
+        "paths": json.dumps([str(r.path) for r in records]),
+        "ref_ids": json.dumps([r.ref_id for r in records]),
+        "distortions": json.dumps([r.distortion for r in records]),
+    }
+
+
+def get_or_build_cache(records: Sequence[PanoramaRecord], backbone: Backbone, grid: ViewportGrid,
+                       cache_dir: str | os.PathLike[str], *, dataset: str, augmentations: Sequence[str] = (),
+                       chunk_size: int = 16, progress: bool = True) -> FeatureCache:
+    """The feature cache of ``records``: loaded when an up-to-date one exists, else built first.
+
+    Besides the backbone and grid, the stored dataset fingerprint and image ids are checked
+    against ``records`` so a cache never serves other images or labels.
+
+    Raises:
+        CacheError, ImageError, DatasetError: as :func:`build_cache` and :func:`load_cache`.
+    """
+    records = list(records)
+    path = build_cache(records, backbone, grid, cache_dir, dataset=dataset, augmentations=augmentations,
+                       chunk_size=chunk_size, progress=progress)
+    cache, metadata = _read_cache(path, backbone.name, grid)
+    fingerprint = dataset_fingerprint(records)
+    if metadata.get("fingerprint") != fingerprint or cache.image_ids != [_image_id(r) for r in records]:
+        raise CacheError(f"{path}: cache was built from other images or labels than the {len(records)} "
+                         f"records given (dataset fingerprint {metadata.get('fingerprint')}, expected {fingerprint})")
+    if cache.augmentations != tuple(augmentations):
+        raise CacheError(f"{path}: cache holds augmented views {list(cache.augmentations)}, "
+                         f"expected {list(augmentations)}")
+    return cache

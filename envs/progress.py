@@ -1,0 +1,60 @@
+"""The one progress bar used by long-running work (caching, generation, training, evaluation).
+
+A ``rich`` bar with count, rate and ETA; ``enabled=False`` turns it into a no-op so library
+callers and tests stay quiet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+
+class ProgressHandle:
+    """What a ``with progress_bar(...)`` block gets: ``advance`` and ``describe``."""
+
+    def __init__(self, progress: Progress | None, task: int | None):
+        self._progress = progress
+        self._task = task
+
+    def advance(self, amount: float = 1) -> None:
+        """Count ``amount`` more units as done."""
+        if self._progress is not None and self._task is not None:
+            self._progress.advance(self._task, amount)
+
+    def describe(self, text: str) -> None:
+        """Replace the bar's description (e.g. to show the current loss)."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=text)
+
+
+class RateColumn(TextColumn):
+    """Units per second, from rich's own speed estimate."""
+
+    def __init__(self, unit: str):
+        super().__init__("")
+        self.unit = unit
+
+    def render(self, task):  # type: ignore[override]
+        from rich.text import Text
+
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.1f} {self.unit}/s", style="progress.data.speed")
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: float | None, *, unit: str = "it",
+                 enabled: bool = True) -> Iterator[ProgressHandle]:
+    """A progress bar showing done/total, rate (``unit``/s), elapsed time and ETA."""
+    if not enabled:
+        yield ProgressHandle(None, None)
+        return
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TaskProgressColumn(), RateColumn(unit),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task(description, total=total)
+        yield ProgressHandle(progress, task)

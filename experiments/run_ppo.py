@@ -1,0 +1,401 @@
+#!/usr/bin/env python
+"""Train RL-ScanIQA (PPO scanpath policy + co-trained quality assessor) and evaluate it.
+
+Reads top to bottom like a CleanRL script:
+
+1. arguments (a dataclass; ``--help`` lists them, ``--config FILE.json`` loads a sweep's best);
+2. data: the dataset's feature cache (built on first use, with the augmented views the
+   assessor's losses need), split by reference content into train / validation / test;
+3. the assessor is warmed up on random paths, then PPO and the assessor train together;
+4. the held-out references are scored with K paths per image → ``results.json``,
+   ``results.md``, a scatter plot and the scanpaths of the best and worst predicted images.
+
+Checkpoints (SB3 zip for PPO, safetensors for the assessor, JSON for the rest) are written
+atomically every few rollouts; ``--resume DIR`` continues a killed run from its last one.
+``--quick`` is a smoke run of a few minutes; ``--demo`` is what ``make demo`` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from rl_scaniqa.agents.cotrain import CoTrainRun, CoTrainSettings, setup_cotraining, to_model
+from rl_scaniqa.agents.evaluation import run_agent, score_scanpaths
+from rl_scaniqa.assessor.metrics import evaluate
+from rl_scaniqa.assessor.reporting import (markdown_table, plot_prediction_scatter,
+                                           plot_scanpath_panels)
+from rl_scaniqa.envs.arguments import build_dataclass, parse_dataclass
+from rl_scaniqa.envs.datasets.splits import split_by_reference
+from rl_scaniqa.envs.defaults import prepare_feature_cache
+from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
+from rl_scaniqa.envs.geometry import ViewportGrid
+from rl_scaniqa.envs.io_utils import atomic_path, atomic_write_json, atomic_write_text
+from rl_scaniqa.envs.progress import progress_bar
+
+CHECKPOINT_DIR = "checkpoint"
+PROGRESS_NAME = "progress.json"
+ASSESSOR_OPTIMIZER_NAME = "assessor_optimizer.pt"
+PPO_NAME = "ppo.zip"
+
+
+@dataclass
+class Args:
+    """Arguments of ``run_ppo.py`` (nested settings are options like ``--ppo.n-envs``)."""
+
+    dataset: str = "synth360"
+    root: str = ""
+    dataset_options: str = ""
+    backbone: str = "nss"
+    n_lon: int = 8
+    n_lat: int = 4
+    fov: float = 90.0
+    size: int = 224
+    augmentations: str = "weak,mild,heavy"
+    cache_dir: str = ""
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    eval_paths: int = 15
+    validate_every: int = 10
+    checkpoint_every: int = 10
+    out: str = "runs/run_ppo"
+    resume: str = ""
+    quick: bool = False
+    demo: bool = False
+    json: bool = False
+    progress: bool = True
+    settings: CoTrainSettings = field(default_factory=CoTrainSettings)
+
+
+DOCS = {
+    "dataset": "synth360 | cviqd | oiqa | jufe | csv",
+    "root": "dataset folder; empty = the generated Synth360 under $RL_SCANIQA_HOME",
+    "dataset_options": "loader options as KEY=VALUE,KEY=VALUE (e.g. condition=good-15s)",
+    "backbone": "nss (offline default), dinov2[:MODEL_OR_DIR], nss+dinov2[:MODEL_OR_DIR]",
+    "augmentations": "augmented views cached for the assessor's losses ('' = none)",
+    "val_fraction": "fraction of the training references held out for validation SRCC",
+    "eval_paths": "K paths per test image at evaluation",
+    "validate_every": "rollouts between validations (0 = never)",
+    "checkpoint_every": "rollouts between checkpoints (0 = only at the end)",
+    "resume": "continue the run in this folder from its last checkpoint",
+    "quick": "smoke run: small data, few timesteps",
+    "demo": "what `make demo` runs: the default Synth360, NSS features, full budget",
+    "json": "print the results as JSON on the last line",
+    "settings.total_timesteps": "PPO environment steps",
+}
+
+QUICK_OVERRIDES: dict[str, Any] = {
+    "eval_paths": 5, "validate_every": 5, "checkpoint_every": 5,
+    "settings": {"total_timesteps": 6_000, "n_paths": 5,
+                 "ppo": {"n_envs": 4, "n_steps": 70, "batch_size": 140, "n_epochs": 2},
+                 "assessor": {"warmup_steps": 100, "steps_per_rollout": 10}},
+}
+
+
+def apply_mode(args: Args) -> Args:
+    """Apply ``--quick`` overrides (values given explicitly elsewhere are kept as they are)."""
+    if not args.quick:
+        return args
+    values = asdict(args)
+    defaults = asdict(Args())
+
+    def merge(current: dict[str, Any], default: dict[str, Any], overrides: dict[str, Any]) -> None:
+        for key, value in overrides.items():
+            if isinstance(value, dict):
+                merge(current[key], default[key], value)
+            elif current[key] == default[key]:
+                current[key] = value
+
+    merge(values, defaults, QUICK_OVERRIDES)
+    return build_dataclass(Args, values)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Data:
+    cache: FeatureCache
+    fit: FeatureCache
+    val: FeatureCache | None
+    test: FeatureCache
+    stats: FeatureStats
+    split: dict[str, list[str]]
+
+
+def load_data(args: Args) -> Data:
+    grid = ViewportGrid(n_lon=args.n_lon, n_lat=args.n_lat, fov_deg=args.fov, size=args.size)
+    options = dict(item.split("=", 1) for item in args.dataset_options.split(",") if item)
+    cache = prepare_feature_cache(
+        args.dataset, args.root or None, backbone=args.backbone, grid=grid,
+        augmentations=tuple(a for a in args.augmentations.split(",") if a),
+        cache_dir=args.cache_dir or None, dataset_options=options, quick_default=args.quick,
+        progress=args.progress)
+    split = split_by_reference(list(cache.ref_ids), test_fraction=args.test_fraction,
+                               seed=args.split_seed)
+    train = cache.subset(split.train)
+    val = None
+    fit = train
+    if args.val_fraction > 0:
+        inner = split_by_reference(list(train.ref_ids), test_fraction=args.val_fraction,
+                                   seed=args.split_seed + 1)
+        fit, val = train.subset(inner.train), train.subset(inner.test)
+    return Data(cache=cache, fit=fit, val=val, test=cache.subset(split.test),
+                stats=FeatureStats.fit(fit),
+                split={"train_refs": sorted(set(fit.ref_ids)),
+                       "val_refs": sorted(set(val.ref_ids)) if val is not None else [],
+                       "test_refs": sorted(set(split.test_refs))})
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_on(run_policy: Any, assessor: Any, cache: FeatureCache, args: Args,
+                stats: FeatureStats, n_paths: int, progress: bool = False) -> dict[str, Any]:
+    """K paths per image of ``cache`` with the policy, scored by the assessor, and the metrics."""
+    settings = args.settings
+    scanpaths = run_agent(run_policy, cache, range(len(cache)), n_paths=n_paths,
+                          path_length=settings.path_length,
+                          env_kwargs={"feature_stats": stats, "start": settings.start,
+                                      **settings.reward.env_kwargs()},
+                          seed=settings.seed, progress=progress)
+    started = time.perf_counter()
+    mean, std, _ = score_scanpaths(assessor, scanpaths)
+    assessor_seconds = time.perf_counter() - started
+    predicted = cache.mos_scale.denormalize(mean)
+    predicted_std = std * (cache.mos_scale.high - cache.mos_scale.low)
+    metrics = evaluate(predicted, scanpaths.mos)
+    return {"metrics": metrics, "predicted": predicted, "predicted_std": predicted_std,
+            "scanpaths": scanpaths,
+            "ms_per_image": 1000 * (scanpaths.agent_seconds + assessor_seconds) / len(cache)}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(run: CoTrainRun, out: Path) -> None:
+    """Everything needed to resume, each file written atomically."""
+    folder = out / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / PPO_NAME) as tmp:
+        run.ppo.save(tmp)
+    run.assessor.save(folder)
+    with atomic_path(folder / ASSESSOR_OPTIMIZER_NAME) as tmp:
+        torch.save(run.trainer.state_dict(), tmp)
+    atomic_write_json(folder / PROGRESS_NAME, {
+        "num_timesteps": int(run.ppo.num_timesteps), "rollouts": run.callback.rollouts,
+        "reward_env_timesteps": run.env.num_timesteps})
+
+
+def restore_checkpoint(run: CoTrainRun, out: Path) -> int:
+    """Load the last checkpoint into ``run``; returns the timesteps already done."""
+    from rl_scaniqa.assessor.model import QualityAssessor
+
+    folder = out / CHECKPOINT_DIR
+    progress = json.loads((folder / PROGRESS_NAME).read_text())
+    # set_parameters reads only tensors from the zip (weights_only), never the pickled data.
+    run.ppo.set_parameters(str(folder / PPO_NAME), exact_match=True)
+    run.assessor.load_state_dict(QualityAssessor.load(folder).state_dict())
+    run.trainer.load_state_dict(torch.load(folder / ASSESSOR_OPTIMIZER_NAME, weights_only=True))
+    run.ppo.num_timesteps = int(progress["num_timesteps"])
+    run.callback.rollouts = int(progress["rollouts"])
+    run.env.num_timesteps = int(progress["reward_env_timesteps"])
+    return run.ppo.num_timesteps
+
+
+# ----------------------------------------------------------------------------- display
+
+
+class LiveDisplay:
+    """A rich live view: progress (steps/s, ETA) and the latest training statistics."""
+
+    ROWS = (("step/entropy", "reward: entropy"), ("step/ssim", "reward: 1-SSIM"),
+            ("step/novelty", "reward: novelty"), ("step/equator", "reward: equator"),
+            ("set/coverage", "sphere coverage"), ("set/jaccard", "path Jaccard"),
+            ("task/mse", "task reward: -MSE"), ("task/rank", "task reward: rank"),
+            ("assessor/total", "assessor loss"), ("assessor/mse", "assessor MSE"),
+            ("train/ent_coef", "entropy coef"), ("val/srcc", "validation SRCC"),
+            ("val/plcc", "validation PLCC"))
+
+    def __init__(self, total: int, done: int, enabled: bool):
+        self.enabled = enabled
+        self.progress = Progress(TextColumn("PPO"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]} steps/s"), TextColumn("eta"),
+                                 TimeRemainingColumn())
+        self.task = self.progress.add_task("train", total=total, completed=done, rate="–")
+        self.stats: dict[str, Any] = {}
+        self.started = time.perf_counter()
+        self.start_steps = done
+        self.live = Live(self._render(), refresh_per_second=2, transient=False) if enabled else None
+
+    def _render(self) -> Group:
+        table = Table(show_header=False, box=None, pad_edge=False)
+        table.add_column(style="cyan")
+        table.add_column(justify="right")
+        for key, label in self.ROWS:
+            if isinstance(self.stats.get(key), float):
+                table.add_row(label, f"{self.stats[key]:.4f}")
+        return Group(self.progress, table)
+
+    def update(self, stats: dict[str, Any]) -> None:
+        self.stats = dict(stats)
+        steps = int(stats.get("timesteps", 0))
+        rate = (steps - self.start_steps) / max(time.perf_counter() - self.started, 1e-9)
+        self.progress.update(self.task, completed=steps, rate=f"{rate:,.0f}")
+        if self.live is not None:
+            self.live.update(self._render())
+
+    def __enter__(self) -> LiveDisplay:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def write_outputs(out: Path, args: Args, data: Data, result: dict[str, Any],
+                  wall_seconds: float) -> dict[str, Any]:
+    """results.json, results.md and the figures; returns the JSON document."""
+    metrics = result["metrics"]
+    scanpaths = result["scanpaths"]
+    test = data.test
+    per_image = [
+        {"image_id": test.image_ids[i], "ref": test.ref_ids[i], "distortion": test.distortions[i],
+         "level": int(test.levels[i]), "mos": float(test.mos[i]),
+         "predicted": float(result["predicted"][i]), "std": float(result["predicted_std"][i]),
+         "paths": scanpaths.paths[i].tolist()}
+        for i in range(len(test))]
+    document = {
+        "method": "RL-ScanIQA", "dataset": args.dataset, "backbone": test.backbone,
+        "grid": test.grid.key(), "srcc": metrics["srcc"], "plcc": metrics["plcc"],
+        "krcc": metrics["krcc"], "rmse": metrics["rmse"], "n_test_images": len(test),
+        "mapping": metrics["mapping"], "eval_paths": args.eval_paths,
+        "ms_per_image": result["ms_per_image"], "wall_seconds": wall_seconds,
+        "split": data.split, "args": asdict(args), "per_image": per_image}
+    atomic_write_json(out / "results.json", document)
+
+    errors = np.abs(result["predicted"] - test.mos)
+    order = np.argsort(result["predicted"])
+    best, worst = int(order[-1]), int(order[0])
+    plot_prediction_scatter(result["predicted"], test.mos, out / "scatter.png",
+                            title=f"RL-ScanIQA on held-out {args.dataset} references",
+                            uncertainty=result["predicted_std"],
+                            annotation=f"SRCC {metrics['srcc']:.3f}\nPLCC {metrics['plcc']:.3f}")
+    plot_scanpath_panels(
+        [test.thumbnails[best], test.thumbnails[worst]],
+        [scanpaths.paths[best], scanpaths.paths[worst]], test.grid,
+        [f"highest predicted: {test.image_ids[best]} (MOS {test.mos[best]:.2f}, "
+         f"pred {result['predicted'][best]:.2f})",
+         f"lowest predicted: {test.image_ids[worst]} (MOS {test.mos[worst]:.2f}, "
+         f"pred {result['predicted'][worst]:.2f})"],
+        out / "scanpaths.png", suptitle=f"K={args.eval_paths} scanpaths per image")
+    row = {"method": "RL-ScanIQA", "srcc": metrics["srcc"], "plcc": metrics["plcc"],
+           "krcc": metrics["krcc"], "rmse": metrics["rmse"], "n": len(test),
+           "ms": result["ms_per_image"]}
+    text = (f"# RL-ScanIQA on {args.dataset} ({test.backbone} features)\n\n"
+            f"Held-out references: {len(data.split['test_refs'])} "
+            f"({len(test)} images), K = {args.eval_paths} paths of T = "
+            f"{args.settings.path_length} steps, {args.settings.total_timesteps} PPO steps, "
+            f"wall time {wall_seconds / 60:.1f} min.\n\n"
+            + markdown_table([row], ["method", "srcc", "plcc", "krcc", "rmse", "n", "ms"],
+                             ["Method", "SRCC", "PLCC", "KRCC", "RMSE", "Images",
+                              "ms/image (policy+assessor)"])
+            + f"\nMean absolute error {errors.mean():.3f} on the MOS scale "
+              f"({test.mos_scale.low:g}–{test.mos_scale.high:g}).\n\n"
+            "![predicted vs MOS](scatter.png)\n\n![scanpaths](scanpaths.png)\n")
+    atomic_write_text(out / "results.md", text)
+    return document
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_dataclass(Args, __doc__.splitlines()[1], argv, DOCS)
+    out = Path(args.resume or args.out)
+    if args.resume:
+        saved = json.loads((out / "config.json").read_text())
+        args = build_dataclass(Args, {**saved, "resume": args.resume, "json": args.json,
+                                      "progress": args.progress})
+    else:
+        args = apply_mode(args)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", asdict(args))
+    console = Console(stderr=True, quiet=not args.progress)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    started = time.perf_counter()
+
+    data = load_data(args)
+    console.print(f"[bold]data[/]: {len(data.cache)} images, {len(set(data.cache.ref_ids))} "
+                  f"references -> fit {len(data.fit)}, val {len(data.val or [])}, test "
+                  f"{len(data.test)}; features {data.cache.backbone} (D={data.cache.dim})")
+    settings = args.settings
+
+    def validate(policy: Any, assessor: Any) -> dict[str, float]:
+        assert data.val is not None
+        metrics = evaluate_on(policy, assessor, data.val, args, data.stats,
+                              n_paths=min(5, settings.n_paths))["metrics"]
+        return {"srcc": metrics["srcc"], "plcc": metrics["plcc"]}
+
+    display = LiveDisplay(settings.total_timesteps, 0, args.progress)
+    run = setup_cotraining(
+        settings, data.fit, stats=data.stats,
+        validate=validate if data.val is not None and len(data.val) >= 3 else None,
+        validate_every=args.validate_every,
+        checkpoint=lambda r: save_checkpoint(r, out), checkpoint_every=args.checkpoint_every,
+        on_update=display.update, tensorboard_log=str(out / "tensorboard"))
+
+    done = 0
+    if args.resume and (out / CHECKPOINT_DIR / PROGRESS_NAME).is_file():
+        done = restore_checkpoint(run, out)
+        console.print(f"[bold]resume[/]: {done} of {settings.total_timesteps} steps done")
+    else:
+        with progress_bar("assessor warm-up", settings.assessor.warmup_steps, unit="step",
+                          enabled=args.progress) as bar:
+            for _ in range(settings.assessor.warmup_steps):
+                losses = run.trainer.train_steps(1)
+                bar.advance()
+            bar.describe(f"assessor warm-up (loss {losses.get('total', float('nan')):.4f})")
+    remaining = settings.total_timesteps - done
+    if remaining > 0:
+        display.start_steps = done
+        display.progress.update(display.task, completed=done)
+        with display:
+            run.ppo.learn(remaining, callback=run.callback, reset_num_timesteps=not done,
+                          tb_log_name="ppo")
+        save_checkpoint(run, out)
+
+    model = to_model(run, settings, data.cache, metadata={
+        "dataset": args.dataset, "command": " ".join(["experiments/run_ppo.py", *(argv or sys.argv[1:])]),
+        "seed": settings.seed, "timesteps": int(run.ppo.num_timesteps)})
+    model.save(out / "model")
+    result = evaluate_on(run.ppo.policy, run.assessor, data.test, args, data.stats,
+                         n_paths=args.eval_paths, progress=args.progress)
+    document = write_outputs(out, args, data, result, time.perf_counter() - started)
+    summary = {key: document[key] for key in ("srcc", "plcc", "krcc", "rmse", "n_test_images",
+                                              "ms_per_image", "wall_seconds")}
+    summary["out"] = str(out)
+    console.print((out / "results.md").read_text())
+    print(json.dumps(summary) if args.json else f"results: {out / 'results.json'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
