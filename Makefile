@@ -21,7 +21,7 @@ test: venv
 	$(BIN)/python -m pytest -q
 
 demo: venv
-	$(BIN)/python experiments/run_ppo.py --demo
+	$(BIN)/python experiments/run_ppo.py --out runs/demo
 
 bench: venv
 	$(BIN)/python experiments/bench.py projection --json

@@ -6,12 +6,11 @@
   (``MaskablePPO``) and :class:`ScanpathHead` (attention logits and value features).
 """
 
-from rl_scaniqa.agents.extractor import FeatureLayout, ScanpathExtractor
-from rl_scaniqa.agents.policy import MASKED_LOGIT, MaskableScanpathPolicy, ScanpathHead, ScanpathPolicy
+from rl_scaniqa.agents.extractor import MASKED_LOGIT, ScanpathExtractor
+from rl_scaniqa.agents.policy import MaskableScanpathPolicy, ScanpathHead, ScanpathPolicy
 
 __all__ = [
     "MASKED_LOGIT",
-    "FeatureLayout",
     "MaskableScanpathPolicy",
     "ScanpathExtractor",
     "ScanpathHead",

@@ -123,7 +123,7 @@ class AssessorSettings:
 class CoTrainSettings:
     """Everything :func:`cotrain` needs besides the data."""
 
-    total_timesteps: int = 200_000
+    total_timesteps: int = 150_000
     n_paths: int = 15
     path_length: int = 7
     start: str = "front"

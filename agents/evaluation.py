@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from rl_scaniqa.assessor.metrics import evaluate
+from rl_scaniqa.agents.policy import ScanpathPolicy
 from rl_scaniqa.assessor.model import QualityAssessor
 from rl_scaniqa.envs.feature_cache import FeatureCache
 from rl_scaniqa.envs.panorama_env import Panorama360Env
@@ -60,6 +61,40 @@ class Scanpaths:
     agent_seconds: float          # wall time spent stepping envs and calling the agent
 
 
+class SeededPolicyAgent:
+    """An SB3 policy as a harness agent whose samples depend only on the image and the seed.
+
+    ``run_agent`` steps a batch of images in lockstep and calls ``predict`` once per step on the
+    stacked observations. SB3's own sampling draws all rows from the global torch RNG, so an
+    image's paths would depend on the other images of its batch; here row ``i`` gets a fresh
+    generator seeded with ``seed`` at the first step of a batch (``episode_start``), which makes
+    every image's paths a function of the image and the seed alone.
+    """
+
+    def __init__(self, policy: ScanpathPolicy, seed: int) -> None:
+        self.policy = policy
+        self.seed = seed
+        self._generators: list[torch.Generator] = []
+        policy.set_training_mode(False)
+
+    def predict(self, observation: dict[str, np.ndarray], state: Any = None,
+                episode_start: np.ndarray | None = None,
+                deterministic: bool = False) -> tuple[np.ndarray, Any]:
+        """Actions (n,) for n stacked observations; ``state`` passes through (no recurrence)."""
+        obs, _ = self.policy.obs_to_tensor(observation)
+        with torch.no_grad():
+            probs = self.policy.get_distribution(obs).distribution.probs.cpu()
+        if deterministic:
+            return probs.argmax(dim=1).numpy(), state
+        n = probs.shape[0]
+        starting = episode_start is not None and bool(np.all(episode_start))
+        if starting or len(self._generators) != n:
+            self._generators = [torch.Generator().manual_seed(self.seed) for _ in range(n)]
+        actions = [int(torch.multinomial(probs[i], 1, generator=generator))
+                   for i, generator in enumerate(self._generators)]
+        return np.asarray(actions, dtype=np.int64), state
+
+
 def _accepts_action_masks(agent: ScanpathAgent) -> bool:
     try:
         return "action_masks" in inspect.signature(agent.predict).parameters
@@ -76,7 +111,8 @@ def run_agent(agent: ScanpathAgent, feature_cache: FeatureCache, image_indices: 
     ``env_kwargs`` go to :class:`Panorama360Env` (reward weights, ``start``, and above all
     ``feature_stats``: pass the training run's statistics so features are standardised as during
     training). Stochastic agents are seeded through ``seed`` (NumPy and torch), so the same call
-    gives the same paths. Agents whose ``predict`` takes ``action_masks`` (sb3-contrib
+    gives the same paths; wrap a policy in :class:`SeededPolicyAgent` to make each image's paths
+    independent of the other images in its batch as well. Agents whose ``predict`` takes ``action_masks`` (sb3-contrib
     ``MaskablePPO``) receive the env's masks, and agents with ``begin_episodes``
     (:class:`EpisodeAwareAgent`) are told each batch's images before its first step.
     """

@@ -1,27 +1,30 @@
-"""Features extractor of the scanpath policy: candidate projection + GRU over the path so far.
+"""Features extractor of the scanpath policy: projections, GRU over the path, attention logits.
 
-Architecture (per observation of ``Panorama360Env``, V viewports, D feature dim, L = T + 1)::
+Architecture (per observation of ``Panorama360Env``; V viewports, D feature dim, L = T + 1)::
 
-    f_j = P c_j                    candidate projection, D -> E, for all V candidates
-    k_j = W_f f_j                  attention key of candidate j, E -> A (no bias: b lives in the query)
-    x_t = f_{history[t]}           projected features of the viewports visited so far
-    h   = GRU(x_0 .. x_{n-1})      n = number of valid history entries, h = last valid hidden state
-    g   = P_g g_raw                global projection, D -> E
+    f_j     = P c_j                         candidate projection, D -> E, all V candidates
+    x_t     = f_{history[t]}                projected features of the viewports visited so far
+    h       = GRU(x_0 .. x_{n-1})           n valid history entries; h = last valid hidden state
+    g       = P_g g_raw                     global projection, D -> E
+    logit_j = v^T tanh(W_h h + W_g g + W_f f_j + b)      additive attention, visited j masked
 
-The extractor returns one flat tensor ``[k_1 .. k_V ; h ; g ; visited]`` whose layout is described
-by :class:`FeatureLayout`; :class:`rl_scaniqa.agents.policy.ScanpathHead` turns it into the
-attention logits and the value features.
+The output is the flat tensor ``[logit_1 .. logit_V ; h ; g]``:
+:class:`rl_scaniqa.agents.policy.ScanpathHead` hands the logits to SB3's categorical
+distribution unchanged and feeds ``[h ; g]`` to the value MLP. The attention is computed here,
+not in the head, because its keys are a B x V x A tensor: passing them through the flat
+features tensor would cost a concatenation and a split (forward and backward) of the largest
+activation of the network.
 
-Speed trick. The projection of the V x D candidate matrix dominates the cost, and the candidates
-are identical for every step of an image's episode (K paths x T steps). A PPO minibatch drawn from
-a rollout therefore holds few distinct images, so the projection (and the key projection) is
-computed once per distinct candidate matrix and gathered back: rows are grouped by a cheap
-fingerprint (a fixed random projection of the flattened candidates) and the grouping is verified
-with an exact comparison, so the result is bit-for-bit that of the plain computation; on a
-fingerprint collision the plain computation is used. Below ``dedup_min_batch`` rows (the rollout,
-one observation per env) the bookkeeping costs more than it saves and is skipped. Computing
-``f`` first and ``W_f f`` second costs D*E + E*A per candidate, cheaper than a fused
-D x (E + A) matmul because ``f`` is needed anyway as the GRU input.
+Speed trick. The candidate projection dominates the cost, and the candidates are identical for
+every step of an image's episode (K paths x T steps), so a PPO minibatch drawn from a rollout holds
+few distinct candidate matrices. The projection ``f`` and the keys ``W_f f`` are computed once per
+distinct matrix and gathered back: rows are grouped by a cheap fingerprint (a fixed random
+projection of each row's first candidate feature) and the grouping is verified by a bitwise
+comparison of the whole rows, so the result is exactly that of the plain computation; if the
+verification fails, the plain computation runs. Batches smaller than ``dedup_min_batch`` (the
+rollout: one observation per env) skip the bookkeeping, which would cost more than it saves.
+Computing ``f`` then ``W_f f`` (D*E + E*A per candidate) is cheaper than fusing ``W_f P`` into a
+second D x A projection, because ``f`` is needed anyway as the GRU input.
 
 Padding invariance: the history is a prefix of valid indices followed by -1. The GRU is causal, so
 its output at the last valid position does not depend on what follows; the sequence is cut at the
@@ -30,43 +33,19 @@ longest valid prefix in the batch, which also saves recurrent steps early in a p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 OBSERVATION_KEYS = ("global", "candidates", "history", "visited")
+#: Logit of a masked (already visited) viewport; equal to sb3-contrib's, so both masks agree and
+#: log-probabilities stay finite in ``evaluate_actions``.
+MASKED_LOGIT = -1e8
 
 
-@dataclass(frozen=True)
-class FeatureLayout:
-    """Where each part lies in the flat extractor output (widths in floats, in this order)."""
-
-    n_viewports: int
-    attention_dim: int
-    hidden_dim: int
-    global_dim: int
-
-    @property
-    def sizes(self) -> tuple[int, int, int, int]:
-        """Widths of ``keys`` (V*A), ``h`` (H), ``g`` (E) and ``visited`` (V)."""
-        return (self.n_viewports * self.attention_dim, self.hidden_dim, self.global_dim, self.n_viewports)
-
-    @property
-    def total(self) -> int:
-        """The extractor's ``features_dim``."""
-        return sum(self.sizes)
-
-    def split(self, features: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
-        """Split ``features`` (B, total) into keys (B, V, A), h (B, H), g (B, E), visited (B, V)."""
-        keys, h, g, visited = th.split(features, self.sizes, dim=1)
-        return keys.reshape(-1, self.n_viewports, self.attention_dim), h, g, visited
-
-
-def _check_space(observation_space: spaces.Space) -> tuple[int, int, int]:
-    """Return (V, D, L) of a Panorama360Env observation space or raise ``ValueError``."""
+def _check_space(observation_space: spaces.Space) -> tuple[int, int]:
+    """Return (V, D) of a Panorama360Env observation space or raise ``ValueError``."""
     if not isinstance(observation_space, spaces.Dict):
         raise ValueError(f"ScanpathExtractor needs a Dict observation space, got {observation_space}")
     missing = [key for key in OBSERVATION_KEYS if key not in observation_space.spaces]
@@ -83,14 +62,23 @@ def _check_space(observation_space: spaces.Space) -> tuple[int, int, int]:
     history_shape = observation_space["history"].shape
     if len(history_shape) != 1 or history_shape[0] < 1:
         raise ValueError(f"ScanpathExtractor: 'history' must be (L,) with L >= 1, got {history_shape}")
-    return n_viewports, dim, history_shape[0]
+    return n_viewports, dim
+
+
+def _tanh(x: th.Tensor) -> th.Tensor:
+    """tanh(x) computed as 2 sigmoid(2x) - 1.
+
+    The same function to float32 rounding, but PyTorch's CPU tanh kernel is about ten times slower
+    than its sigmoid kernel, and the attention energy (B x V x A) is the largest activation here.
+    """
+    return th.sigmoid(2.0 * x).mul(2.0).sub(1.0)
 
 
 def _same_bits(a: th.Tensor, b: th.Tensor) -> bool:
     """Bitwise equality of two same-shape tensors (stricter than ``==``: 0.0 and -0.0 differ).
 
-    Identical bits guarantee identical projections. Comparing 64-bit words is about twice as
-    fast as ``torch.equal`` on float32 elements.
+    Identical bits guarantee identical projections. Comparing 64-bit words is about twice as fast
+    as ``torch.equal`` on float32 elements.
     """
     a, b = a.contiguous().reshape(-1), b.contiguous().reshape(-1)
     if a.numel() * a.element_size() % 8 == 0:
@@ -99,33 +87,37 @@ def _same_bits(a: th.Tensor, b: th.Tensor) -> bool:
 
 
 class ScanpathExtractor(BaseFeaturesExtractor):
-    """Projects candidates and the global feature, and encodes the visited path with a GRU.
+    """Projections, GRU over the visited path and masked attention logits over the candidates.
 
-    :param observation_space: the env's Dict space ("global", "candidates", "history", "visited", ...).
+    :param observation_space: the env's Dict space ("global", "candidates", "history", "visited"
+        are read; other keys are ignored).
     :param embed_dim: E, width of the projected candidate and global features (GRU input).
     :param hidden_dim: H, GRU hidden size.
     :param attention_dim: A, width of the additive-attention space.
     :param dedup_min_batch: batches with at least this many rows project each distinct candidate
-        matrix once; smaller batches project every row (bookkeeping would cost more than it saves).
+        matrix once; smaller batches project every row.
     """
 
     def __init__(
         self,
         observation_space: spaces.Dict,
-        embed_dim: int = 64,
-        hidden_dim: int = 64,
-        attention_dim: int = 64,
+        embed_dim: int = 32,
+        hidden_dim: int = 32,
+        attention_dim: int = 32,
         dedup_min_batch: int = 16,
     ) -> None:
-        n_viewports, dim, _ = _check_space(observation_space)
-        layout = FeatureLayout(n_viewports, attention_dim, hidden_dim, embed_dim)
-        super().__init__(observation_space, features_dim=layout.total)
-        self.layout = layout
+        n_viewports, dim = _check_space(observation_space)
+        super().__init__(observation_space, features_dim=n_viewports + hidden_dim + embed_dim)
+        self.n_viewports = n_viewports
+        #: Width of the state ``[h ; g]`` that follows the logits in the output.
+        self.state_dim = hidden_dim + embed_dim
         self.dedup_min_batch = dedup_min_batch
         self.candidate_proj = nn.Linear(dim, embed_dim)
-        self.key_proj = nn.Linear(embed_dim, attention_dim, bias=False)
         self.global_proj = nn.Linear(dim, embed_dim)
         self.gru = nn.GRU(embed_dim, hidden_dim, batch_first=True)
+        self.key_proj = nn.Linear(embed_dim, attention_dim, bias=False)  # W_f (b is in the query)
+        self.query = nn.Linear(self.state_dim, attention_dim)  # W_h h + W_g g + b in one matmul
+        self.score = nn.Linear(attention_dim, 1, bias=False)  # v
         # A fixed random direction: its dot product with a row's first candidate feature is the
         # grouping fingerprint. It never changes outputs (groups are verified), so it is not saved.
         probe = th.randn(dim, generator=th.Generator().manual_seed(0))
@@ -139,7 +131,6 @@ class ScanpathExtractor(BaseFeaturesExtractor):
         batch = candidates.shape[0]
         if batch < self.dedup_min_batch:
             return None
-        # The fingerprint reads one viewport per row (cheap); the full rows are compared below.
         fingerprints, inverse = th.unique(candidates[:, 0] @ self._probe, return_inverse=True)
         if fingerprints.numel() == batch:
             return None
@@ -151,7 +142,7 @@ class ScanpathExtractor(BaseFeaturesExtractor):
         return rows, inverse
 
     def forward(self, observations: dict[str, th.Tensor]) -> th.Tensor:
-        """Return the flat features ``[keys ; h ; g ; visited]`` (B, layout.total)."""
+        """Return ``[masked logits (V) ; h (H) ; g (E)]``, shape (B, V + H + E)."""
         candidates = observations["candidates"]
         batch = candidates.shape[0]
         groups = self._distinct_rows(candidates)
@@ -171,10 +162,16 @@ class ScanpathExtractor(BaseFeaturesExtractor):
         steps = max(int(lengths.max()), 1)
         index = (history[:, :steps] * valid[:, :steps]).clamp(min=0)  # padding -> any valid index
         sequence = projected[owner.unsqueeze(1), index]  # (B, steps, E)
-        outputs, _ = self.gru(sequence)
-        last = outputs[th.arange(batch, device=candidates.device), (lengths - 1).clamp(min=0)]
-        # An empty history has no GRU step: h is the GRU's zero initial state.
-        h = last * (lengths > 0).unsqueeze(1).to(last.dtype)
+        outputs, _ = self.gru(sequence)  # (B, steps, H)
+        # Prepending the GRU's zero initial state makes position n the state after n valid steps,
+        # for every n including 0 (an empty history).
+        outputs = th.cat((outputs.new_zeros(batch, 1, outputs.shape[-1]), outputs), dim=1)
+        h = outputs[th.arange(batch, device=candidates.device), lengths]
+        state = th.cat((h, self.global_proj(observations["global"])), dim=1)
 
-        g = self.global_proj(observations["global"])
-        return th.cat((keys.reshape(batch, -1), h, g, observations["visited"]), dim=1)
+        energy = _tanh(keys + self.query(state).unsqueeze(1))  # (B, V, A)
+        logits = self.score(energy).squeeze(-1)  # (B, V)
+        masked = observations["visited"] > 0.5
+        # With every viewport visited (T >= V) the env accepts any action: leave them all open.
+        masked = masked & ~masked.all(dim=1, keepdim=True)
+        return th.cat((logits.masked_fill(masked, MASKED_LOGIT), state), dim=1)

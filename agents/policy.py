@@ -1,25 +1,28 @@
 """Scanpath actor-critic policies for SB3 ``PPO``/``A2C`` and sb3-contrib ``MaskablePPO``.
 
-The action head is the paper's additive attention over the candidate viewports,
+The actor is the paper's additive attention over the candidate viewports,
 
     logit_j = v^T tanh(W_h h + W_g g + W_f f_j + b),
 
-with viewports already visited in the current path masked by a large negative logit (-1e8, the
-value sb3-contrib uses, so log-probabilities stay finite in ``evaluate_actions``); when every
-viewport is visited (T >= V) nothing is masked. The value head is an MLP on [h; g].
+computed with the GRU state ``h`` and the projections by
+:class:`~rl_scaniqa.agents.extractor.ScanpathExtractor` (its docstring explains the architecture
+and the speed tricks). Viewports already visited in the current path get the logit
+:data:`~rl_scaniqa.agents.extractor.MASKED_LOGIT` (-1e8, finite, so ``evaluate_actions`` never sees
+``-inf``), except when every viewport is visited (T >= V). The critic is an MLP on [h; g] followed
+by SB3's ``value_net``.
 
-How it fits SB3: :class:`~rl_scaniqa.agents.extractor.ScanpathExtractor` produces the keys
-``W_f f_j``, ``h``, ``g`` and the visited flags; :class:`ScanpathHead` takes the place of SB3's
-``mlp_extractor`` and returns the V logits as ``latent_pi`` and the value features as
-``latent_vf``; ``action_net`` is the identity. SB3's own ``forward``, ``evaluate_actions``,
-``predict_values``, ``predict`` and ``save``/``load`` therefore run unchanged, and sb3-contrib's
-action masks are applied on top of the logits. Both policy classes share one mixin, so the
-modules and their initialisation are defined once.
+How it fits SB3: the extractor's output is ``[logits ; h ; g]``; :class:`ScanpathHead` is the
+``mlp_extractor`` (logits through as ``latent_pi``, value MLP as ``latent_vf``) and ``action_net``
+is ``nn.Identity``. SB3's own ``forward``, ``evaluate_actions``, ``get_distribution``,
+``predict_values``, ``predict`` and ``save``/``load`` therefore run unchanged, and sb3-contrib
+applies its action masks on top of the logits. Both policy classes share one mixin, so modules
+and initialisation are defined once.
 
-Initialisation follows SB3's orthogonal scheme: gain sqrt(2) for the extractor's and the head's
-linear layers, 0.01 for the attention vector ``v`` (it plays the role of ``action_net``, so the
-initial policy is near uniform over unvisited viewports) and 1 for ``value_net``. The GRU keeps
-PyTorch's default initialisation, as SB3 does for every module that is not ``nn.Linear``/``Conv2d``.
+Initialisation follows SB3's orthogonal scheme: gain sqrt(2) for every linear layer of the
+extractor and the value MLP, 0.01 for the attention vector ``v`` (it plays the part of SB3's
+``action_net``, so the first policy is near uniform over the unvisited viewports) and 1 for
+``value_net``. The GRU keeps PyTorch's default initialisation, as SB3 does for every module that
+is not ``nn.Linear``/``nn.Conv2d``.
 """
 
 from __future__ import annotations
@@ -35,68 +38,41 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
-from rl_scaniqa.agents.extractor import FeatureLayout, ScanpathExtractor
-
-# The logit given to masked actions; equal to sb3-contrib's, so both masks agree.
-MASKED_LOGIT = -1e8
-
-
-def _tanh(x: th.Tensor) -> th.Tensor:
-    """tanh(x) computed as 2 sigmoid(2x) - 1.
-
-    Same function (within float32 rounding), but PyTorch's CPU tanh kernel is about ten times
-    slower than its sigmoid kernel, and this is the largest elementwise tensor of the policy
-    (B x V x A).
-    """
-    return th.sigmoid(2.0 * x).mul(2.0).sub(1.0)
+from rl_scaniqa.agents.extractor import ScanpathExtractor
 
 
 class ScanpathHead(nn.Module):
-    """Additive attention over the candidates (actor) and an MLP on [h; g] (critic).
+    """SB3 ``mlp_extractor`` of the scanpath policies: logits through, value MLP on [h; g].
 
-    Used as the policy's ``mlp_extractor``: ``forward`` returns ``(logits, latent_vf)`` with
-    ``latent_dim_pi = V`` and ``latent_dim_vf = value_arch[-1]`` (or H + E without hidden layers).
+    Reads the extractor output ``[masked logits (V) ; h ; g]``; ``latent_dim_pi = V`` (so
+    ``action_net`` is the identity) and ``latent_dim_vf`` is the value MLP's width (or that of
+    [h; g] when ``value_arch`` is empty).
     """
 
-    def __init__(self, layout: FeatureLayout, value_arch: list[int], activation_fn: type[nn.Module]) -> None:
+    def __init__(self, n_viewports: int, state_dim: int, value_arch: list[int],
+                 activation_fn: type[nn.Module]) -> None:
         super().__init__()
-        self.layout = layout
-        state_dim = layout.hidden_dim + layout.global_dim
-        # W_h h + W_g g + b as one matmul on [h; g].
-        self.query = nn.Linear(state_dim, layout.attention_dim)
-        self.score = nn.Linear(layout.attention_dim, 1, bias=False)  # v
+        self.n_viewports = n_viewports
         layers: list[nn.Module] = []
         width = state_dim
         for size in value_arch:
             layers += [nn.Linear(width, size), activation_fn()]
             width = size
         self.value_mlp = nn.Sequential(*layers)
-        self.latent_dim_pi = layout.n_viewports
+        self.latent_dim_pi = n_viewports
         self.latent_dim_vf = width
 
     def forward(self, features: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """Return (masked attention logits (B, V), value features (B, latent_dim_vf))."""
-        keys, h, g, visited = self.layout.split(features)
-        state = th.cat((h, g), dim=1)
-        return self._logits(keys, state, visited), self.value_mlp(state)
+        """Return (logits (B, V), value features (B, latent_dim_vf))."""
+        return self.forward_actor(features), self.forward_critic(features)
 
     def forward_actor(self, features: th.Tensor) -> th.Tensor:
-        """Masked attention logits (B, V)."""
-        keys, h, g, visited = self.layout.split(features)
-        return self._logits(keys, th.cat((h, g), dim=1), visited)
+        """The masked attention logits (B, V)."""
+        return features[:, : self.n_viewports]
 
     def forward_critic(self, features: th.Tensor) -> th.Tensor:
-        """Value features (B, latent_dim_vf)."""
-        _, h, g, _ = self.layout.split(features)
-        return self.value_mlp(th.cat((h, g), dim=1))
-
-    def _logits(self, keys: th.Tensor, state: th.Tensor, visited: th.Tensor) -> th.Tensor:
-        energy = _tanh(keys + self.query(state).unsqueeze(1))  # (B, V, A)
-        logits = self.score(energy).squeeze(-1)  # (B, V)
-        masked = visited > 0.5
-        # With every viewport visited (T >= V) the env accepts any action: leave them all open.
-        masked = masked & ~masked.all(dim=1, keepdim=True)
-        return logits.masked_fill(masked, MASKED_LOGIT)
+        """Value features (B, latent_dim_vf) from [h; g]."""
+        return self.value_mlp(features[:, self.n_viewports :])
 
 
 class _ScanpathPolicyMixin:
@@ -121,8 +97,8 @@ class _ScanpathPolicyMixin:
         if not issubclass(features_extractor_class, ScanpathExtractor):
             raise ValueError(f"{type(self).__name__} needs a ScanpathExtractor, got {features_extractor_class.__name__}")
         if not share_features_extractor:
-            # The head reads the keys and h/g from one extractor output; two extractors would
-            # double the dominant cost for no gain.
+            # Actor and critic read one extractor output; a second extractor would double the
+            # dominant cost.
             raise ValueError(f"{type(self).__name__} requires share_features_extractor=True")
         if isinstance(net_arch, dict):
             if net_arch.get("pi"):
@@ -140,13 +116,15 @@ class _ScanpathPolicyMixin:
 
     def _build_mlp_extractor(self) -> None:
         """Install :class:`ScanpathHead` as ``mlp_extractor``."""
-        layout: FeatureLayout = self.features_extractor.layout  # type: ignore[attr-defined]
-        if self.action_space.n != layout.n_viewports:  # type: ignore[attr-defined]
+        extractor: ScanpathExtractor = self.features_extractor  # type: ignore[attr-defined]
+        n_actions = self.action_space.n  # type: ignore[attr-defined]
+        if n_actions != extractor.n_viewports:
             raise ValueError(
-                f"action space has {self.action_space.n} actions but the observation "  # type: ignore[attr-defined]
-                f"has {layout.n_viewports} candidates"
+                f"action space has {n_actions} actions but the observation has {extractor.n_viewports} candidates"
             )
-        self.mlp_extractor = ScanpathHead(layout, self.net_arch, self.activation_fn)  # type: ignore[attr-defined]
+        self.mlp_extractor = ScanpathHead(
+            extractor.n_viewports, extractor.state_dim, self.net_arch, self.activation_fn  # type: ignore[attr-defined]
+        )
 
     def _build(self, lr_schedule: Schedule) -> None:
         """Create head, identity ``action_net``, ``value_net``, the init and the optimizer.
@@ -158,11 +136,11 @@ class _ScanpathPolicyMixin:
         self.action_net = nn.Identity()
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
         if self.ortho_init:  # type: ignore[attr-defined]
-            # Insertion order matters: the attention vector is re-initialised after its head.
+            # Insertion order matters: ``v`` is re-initialised after the rest of the extractor.
             module_gains = {
                 self.features_extractor: np.sqrt(2),
                 self.mlp_extractor: np.sqrt(2),
-                self.mlp_extractor.score: 0.01,
+                self.features_extractor.score: 0.01,  # type: ignore[attr-defined]
                 self.value_net: 1.0,
             }
             for module, gain in module_gains.items():
@@ -176,9 +154,10 @@ class ScanpathPolicy(_ScanpathPolicyMixin, ActorCriticPolicy):
     """GRU + additive-attention scanpath policy for SB3 ``PPO`` and ``A2C``.
 
     Visited viewports are masked from the ``visited`` observation, so plain PPO never picks one.
-    ``policy_kwargs``: ``net_arch`` (value MLP widths), ``features_extractor_kwargs`` (``embed_dim``,
-    ``hidden_dim``, ``attention_dim``, ``dedup_min_batch``), and SB3's ``ortho_init``,
-    ``activation_fn``, ``optimizer_class``/``optimizer_kwargs``.
+    ``policy_kwargs``: ``net_arch`` (value MLP widths, default ``[64]``),
+    ``features_extractor_kwargs`` (``embed_dim``, ``hidden_dim``, ``attention_dim`` (default 32
+    each), ``dedup_min_batch``), and SB3's ``ortho_init``, ``activation_fn`` (value MLP),
+    ``optimizer_class``/``optimizer_kwargs``.
     """
 
 

@@ -79,7 +79,7 @@ import numpy as np
 import torch
 
 from rl_scaniqa.agents.cotrain import MODEL_CONFIG_NAME, ScanIQAModel, build_policy
-from rl_scaniqa.agents.evaluation import run_agent, score_scanpaths
+from rl_scaniqa.agents.evaluation import SeededPolicyAgent, run_agent, score_scanpaths
 from rl_scaniqa.agents.policy import ScanpathPolicy
 from rl_scaniqa.envs.backbones import Backbone, make_backbone, resolve_device
 from rl_scaniqa.envs.errors import RLScanIQAError
@@ -196,40 +196,6 @@ class _Encoded:
     preview: np.ndarray | None
     error: str | None
     timings: dict[str, float]
-
-
-class _PerImageSampler:
-    """SB3-style agent that samples every image's actions from its own seeded generator.
-
-    ``run_agent`` steps a batch of images in lockstep and calls ``predict`` once per step on the
-    stacked observations. SB3's own sampling draws all rows from the global torch RNG, so an
-    image's paths would depend on the other images of its batch; here row ``i`` gets a fresh
-    generator seeded with ``seed`` at the first step of a batch (``episode_start``), which makes
-    every image's paths a function of the image and the seed alone.
-    """
-
-    def __init__(self, policy: ScanpathPolicy, seed: int) -> None:
-        self.policy = policy
-        self.seed = seed
-        self._generators: list[torch.Generator] = []
-        policy.set_training_mode(False)
-
-    def predict(self, observation: dict[str, np.ndarray], state: Any = None,
-                episode_start: np.ndarray | None = None,
-                deterministic: bool = False) -> tuple[np.ndarray, Any]:
-        """Actions (n,) for n stacked observations; ``state`` passes through (no recurrence)."""
-        obs, _ = self.policy.obs_to_tensor(observation)
-        with torch.no_grad():
-            probs = self.policy.get_distribution(obs).distribution.probs.cpu()
-        if deterministic:
-            return probs.argmax(dim=1).numpy(), state
-        n = probs.shape[0]
-        starting = episode_start is not None and bool(np.all(episode_start))
-        if starting or len(self._generators) != n:
-            self._generators = [torch.Generator().manual_seed(self.seed) for _ in range(n)]
-        actions = [int(torch.multinomial(probs[i], 1, generator=generator))
-                   for i, generator in enumerate(self._generators)]
-        return np.asarray(actions, dtype=np.int64), state
 
 
 @contextlib.contextmanager
@@ -372,10 +338,11 @@ class Scorer:
             raise ValueError(f"{result.path}: no scanpaths to draw ({result.error})")
         canvas = draw_scanpaths(image, result.paths, self.model.grid, size=PREVIEW_SHAPE)
         caption = f"{Path(result.path).name}   score {result.score:.3f} +/- {result.std:.3f}"
-        # White on a black outline: legible on any content.
-        for color, thickness in (((0, 0, 0), 4), ((255, 255, 255), 1)):
-            cv2.putText(canvas, caption, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, color,
-                        thickness, cv2.LINE_AA)
+        font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.6
+        (width, height), baseline = cv2.getTextSize(caption, font, scale, 1)
+        # White on a black box: legible on any content.
+        cv2.rectangle(canvas, (0, 0), (width + 16, height + baseline + 12), (0, 0, 0), cv2.FILLED)
+        cv2.putText(canvas, caption, (8, height + 6), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
         return canvas
 
     # ------------------------------------------------------------------ streaming
@@ -500,7 +467,7 @@ class Scorer:
             on_cpu = self.policy.device.type == "cpu"
             with _torch_threads(1) if on_cpu else contextlib.nullcontext():
                 start = time.perf_counter()
-                scanpaths = run_agent(_PerImageSampler(self.policy, self.seed), cache,
+                scanpaths = run_agent(SeededPolicyAgent(self.policy, self.seed), cache,
                                       range(len(rows)), n_paths=self.n_paths,
                                       path_length=self.path_length,
                                       env_kwargs=self.model.env_kwargs(), batch_size=len(rows),

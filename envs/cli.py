@@ -51,13 +51,14 @@ def _grid_from_args(args: argparse.Namespace):
 def run_synth(args: argparse.Namespace) -> int:
     from rl_scaniqa.envs.datasets.synth360 import generate_synth360
 
-    options = {"seed": args.seed, "quick": args.quick, "progress": not args.no_progress}
+    options = {"seed": args.seed, "quick": args.quick, "progress": not args.no_progress,
+               "overwrite": args.overwrite}
     if args.refs is not None:
         options["n_refs"] = args.refs
     if args.width is not None:
         options["width"] = args.width
-    labels = generate_synth360(Path(args.out), **options)
-    print(f"Synth360 written: {labels}")
+    root = generate_synth360(Path(args.out), **options)
+    print(f"Synth360 written: {root}")
     return 0
 
 
@@ -91,9 +92,8 @@ def run_score(args: argparse.Namespace) -> int:
     if not images:
         print(f"rl-scaniqa score: no images found in {' '.join(args.paths)}", file=sys.stderr)
         return 1
-    # The progress bar writes to stdout, so JSON lines (meant for pipes) go without it.
-    results = scorer.score_many(images, batch_size=args.batch_size,
-                                progress=not (args.json or args.no_progress),
+    # The progress bar draws on stderr, so it never mixes with the JSON lines on stdout.
+    results = scorer.score_many(images, batch_size=args.batch_size, progress=not args.no_progress,
                                 previews=args.plot is not None)
     scored, failed = write_score_outputs(results, scorer,
                                          json_stream=sys.stdout if args.json else None,
@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--refs", type=int, default=None, help="number of reference contents")
     synth.add_argument("--width", type=int, default=None, help="ERP width in pixels (height = width/2)")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--overwrite", action="store_true",
+                       help="replace a Synth360 folder generated with other settings")
     synth.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     synth.set_defaults(handler=run_synth)
 

@@ -6,7 +6,7 @@ On first use :func:`ensure_default_data` generates a small synthetic dataset (Sy
 else ``$RL_SCANIQA_HOME``, else ``~/.cache/rl_scaniqa``. Nothing needs the network.
 
 Concurrency: the whole check-generate-build sequence runs under an exclusive ``fcntl`` lock on
-``<home>/.default-data.lock`` (and a build for another dataset under a lock in its cache folder),
+``<home>/.default-data.lock`` (and every cache build under the builder's own per-file lock),
 so ``SubprocVecEnv`` workers that start together wait for the first one instead of all building;
 the others then load what it wrote. The dataset is generated in a temporary folder and renamed
 into place, so an interrupted run never leaves a half-written dataset that looks complete.
@@ -20,11 +20,10 @@ benchmarks.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,8 @@ from rl_scaniqa.envs.datasets.records import MosScale
 from rl_scaniqa.envs.errors import DatasetError
 from rl_scaniqa.envs.feature_cache import FeatureCache, get_or_build_cache
 from rl_scaniqa.envs.geometry import ViewportGrid
-from rl_scaniqa.envs.io_utils import default_home
+from rl_scaniqa.envs.io_utils import default_home, exclusive_lock
 
-try:
-    import fcntl
-except ImportError:  # Windows: see the module docstring.
-    fcntl = None
 
 #: Dataset loader name of the default data.
 DEFAULT_DATASET = "synth360"
@@ -49,23 +44,8 @@ DEFAULT_DATASET_FOLDER = "synth360-quick"
 FULL_DATASET_FOLDER = "synth360"
 CACHE_FOLDER = "cache"
 _LOCK_NAME = ".default-data.lock"
-_BUILD_LOCK_NAME = ".build.lock"
 #: Seed of the default dataset, so every machine generates the same images.
 DEFAULT_SEED = 0
-
-
-@contextlib.contextmanager
-def _exclusive_lock(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``lock_path`` (created if needed) for the block."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+b") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _resolve_home(home: str | os.PathLike[str] | None) -> Path:
@@ -125,7 +105,7 @@ def ensure_default_data(home: str | os.PathLike[str] | None = None, progress: bo
     home_path = _resolve_home(home)
     root = _default_root(home_path, quick)
     caches = Path(cache_dir) if cache_dir is not None else home_path / CACHE_FOLDER
-    with _exclusive_lock(home_path / _LOCK_NAME):
+    with exclusive_lock(home_path / _LOCK_NAME):
         if not (root / "labels.csv").is_file():
             _generate_default_dataset(root, quick, progress)
         cache = _get_cache(root, DEFAULT_DATASET, backbone, grid, caches, {}, augmentations, progress)
@@ -144,7 +124,7 @@ def prepare_feature_cache(dataset: str, root: str | os.PathLike[str] | None, *,
     ``root=None`` means the default data (only for ``dataset="synth360"``; ``quick_default``
     picks the small or the full Synth360, see :func:`ensure_default_data`); otherwise the dataset
     at ``root`` is loaded with ``load_dataset(dataset, root, **dataset_options)`` and its cache
-    is built in ``cache_dir`` (default ``<home>/cache``) under a lock in that folder.
+    is built in ``cache_dir`` (default ``<home>/cache``; the builder locks each cache file).
     """
     if root is None:
         if dataset != DEFAULT_DATASET:
@@ -156,9 +136,8 @@ def prepare_feature_cache(dataset: str, root: str | os.PathLike[str] | None, *,
         return ensure_default_data(home, progress, backbone=backbone, grid=grid, cache_dir=cache_dir,
                                    augmentations=augmentations, quick=quick_default)[1]
     caches = Path(cache_dir) if cache_dir is not None else _resolve_home(home) / CACHE_FOLDER
-    with _exclusive_lock(caches / _BUILD_LOCK_NAME):
-        return _get_cache(Path(root), dataset, backbone, grid, caches, dict(dataset_options or {}),
-                          augmentations, progress)
+    return _get_cache(Path(root), dataset, backbone, grid, caches, dict(dataset_options or {}),
+                      augmentations, progress)
 
 
 def random_feature_cache(n_images: int = 4, *, grid: ViewportGrid | None = None, dim: int = 8,

@@ -77,7 +77,6 @@ structure already does.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -85,7 +84,7 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,13 +100,8 @@ from rl_scaniqa.envs.distortions import apply_distortion
 from rl_scaniqa.envs.errors import CacheError, DatasetError, ImageError
 from rl_scaniqa.envs.geometry import ViewportGrid, extract_viewports
 from rl_scaniqa.envs.imageio import read_erp
-from rl_scaniqa.envs.io_utils import atomic_path
+from rl_scaniqa.envs.io_utils import atomic_path, exclusive_lock
 from rl_scaniqa.envs.progress import progress_bar
-
-try:  # POSIX advisory locks; absent on Windows, where builds are not locked
-    import fcntl
-except ImportError:  # pragma: no cover - exercised on Windows only
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "AUGMENTATION_VIEWS",
@@ -738,22 +732,6 @@ def _ranges(total: int, chunk_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk_size, total)) for start in range(0, total, chunk_size)]
 
 
-@contextlib.contextmanager
-def _build_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock for building ``path``, so concurrent builders of one key (vector-env
-    workers, two CLI runs) wait for each other and then reuse the file instead of racing on the
-    chunks. Without ``fcntl`` (Windows) there is no lock: build in one process there."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.stem}.lock"), "a+b") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def _is_complete(path: Path, key: str, fingerprint: str) -> bool:
     existing = _read_metadata(path)
     return (existing is not None and existing.get("format") == _FORMAT and existing.get("key") == key
@@ -788,7 +766,8 @@ def build_cache(records: Sequence[PanoramaRecord], backbone: Backbone, grid: Vie
     fingerprint = dataset_fingerprint(records)
     key = cache_key(fingerprint, backbone.name, grid, dataset, views)
     path = cache_path(cache_dir, dataset, grid, key)
-    with _build_lock(path):
+    # Concurrent builders of one key wait for each other, then reuse the file.
+    with exclusive_lock(path.with_name(f".{path.stem}.lock")):
         if path.exists():
             if _is_complete(path, key, fingerprint):
                 return path

@@ -15,6 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; see exclusive_lock.
+    fcntl = None  # type: ignore[assignment]
+
 HOME_ENV_VAR = "RL_SCANIQA_HOME"
 
 
@@ -75,3 +80,23 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive advisory ``fcntl`` lock on ``lock_path`` (created if needed).
+
+    Used where several processes may build the same thing at once (vector-env workers that all
+    start by building the default data, two CLI runs of one cache): the others wait, then find
+    the result. Without ``fcntl`` (Windows) there is no lock; build in one process there.
+    """
+    target = Path(lock_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "a+b") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -214,6 +214,8 @@ def _score_model() -> tuple[Any, str]:
     times an untrained model built exactly as training builds one (NSS features, default grid
     and architecture); its feature statistics come from random features of the right size.
     """
+    import torch
+
     from rl_scaniqa.agents.cotrain import CoTrainSettings, ScanIQAModel, build_policy
     from rl_scaniqa.assessor.model import AssessorConfig, QualityAssessor
     from rl_scaniqa.assessor.scorer import DEFAULT_MODEL_DIR
@@ -224,6 +226,7 @@ def _score_model() -> tuple[Any, str]:
 
     if (DEFAULT_MODEL_DIR / "model.json").is_file():
         return ScanIQAModel.load(DEFAULT_MODEL_DIR), str(DEFAULT_MODEL_DIR)
+    torch.manual_seed(0)  # the same untrained weights every run, so "score" is comparable
     grid, dim, settings = ViewportGrid(), NSSBackbone().dim, CoTrainSettings()
     shapes = settings.assessor
     assessor = QualityAssessor(AssessorConfig(feature_dim=dim, hidden_dim=shapes.hidden_dim,

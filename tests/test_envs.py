@@ -24,7 +24,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 import rl_scaniqa.envs
 from rl_scaniqa.envs import ENV_ID, QUALIFIED_ENV_ID
 from rl_scaniqa.envs.datasets import split_by_reference
-from rl_scaniqa.envs.defaults import _exclusive_lock, ensure_default_data, random_feature_cache
+from rl_scaniqa.envs.defaults import ensure_default_data, random_feature_cache
+from rl_scaniqa.envs.io_utils import exclusive_lock
 from rl_scaniqa.envs.errors import DatasetError
 from rl_scaniqa.envs.feature_cache import FeatureStats
 from rl_scaniqa.envs.geometry import ViewportGrid
@@ -488,10 +489,10 @@ def test_build_lock_serialises_builders(tmp_path):
     lock_file, order = tmp_path / "build.lock", []
 
     def contender():
-        with _exclusive_lock(lock_file):
+        with exclusive_lock(lock_file):
             order.append("contender")
 
-    with _exclusive_lock(lock_file):
+    with exclusive_lock(lock_file):
         thread = threading.Thread(target=contender)
         thread.start()
         thread.join(timeout=0.3)

@@ -1,0 +1,432 @@
+#!/usr/bin/env python
+"""Sweep RL-ScanIQA's reward and loss weights on Ray Tune, with ASHA early stopping.
+
+The paper's method has 13 reward and loss weights. This script searches
+
+- the step-reward weights λ_ent, λ_ssim, λ_nov, λ_eqb (``settings.reward.lambda_*``),
+- the set-reward weights β_cov, β_jac (``settings.reward.beta_*``),
+- the task-reward weights (``settings.reward.task_mse``, ``task_rank``),
+- the assessor's loss weights for ranking, consistency, triplet and cross-ranking
+  (``settings.assessor.loss_*``; the MSE weight stays 1 as the scale the others are relative to),
+
+around the reference values. Each trial co-trains a model on the *fit* references and reports
+the validation SRCC (K paths per validation image, the assessor's score vs MOS) to Tune from the
+co-training callback every ``--validate-every`` rollouts; ASHA stops the trials that trail at
+each rung. The data split is the one ``experiments/run_ppo.py`` uses for the same
+``--split-seed``, ``--test-fraction`` and ``--val-fraction``: test references are never loaded
+into a trial.
+
+Ray runs locally by default (``ray.init(num_cpus=--num-cpus, include_dashboard=False)``);
+``--address ADDR`` joins an existing cluster (``auto`` for the local one). Outputs in ``--out``:
+``results.json`` and ``results.md`` (one row per trial: weights, best and last validation SRCC,
+validations reached, ASHA-stopped or not) and ``best_config.json``, which
+``experiments/run_ppo.py --config best_config.json`` accepts (data arguments at the top level,
+the co-training settings nested under ``"settings"``, exactly run_ppo's argument layout).
+
+Install the extra first: ``pip install "rl-scaniqa[sweep]"`` (Ray Tune).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rl_scaniqa.agents.cotrain import CoTrainSettings, cotrain
+from rl_scaniqa.agents.evaluation import evaluate_agent
+from rl_scaniqa.assessor.reporting import markdown_table
+from rl_scaniqa.envs.arguments import build_dataclass, parse_dataclass
+from rl_scaniqa.envs.datasets.splits import split_by_reference
+from rl_scaniqa.envs.defaults import prepare_feature_cache
+from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
+from rl_scaniqa.envs.geometry import ViewportGrid
+from rl_scaniqa.envs.io_utils import atomic_write_json, atomic_write_text
+from rl_scaniqa.envs.progress import ProgressHandle, progress_bar
+
+METRIC = "val_srcc"
+#: Reported when the validation SRCC is undefined (constant predictions): ranks below any real value.
+UNDEFINED_SRCC = -1.0
+
+#: The searched weights: dotted settings name → (distribution, low, high). "loguniform" for the
+#: task weights, whose reference value (2) sits inside a range spanning a factor of 8.
+SEARCH_SPACE: dict[str, tuple[str, float, float]] = {
+    "reward.lambda_entropy": ("uniform", 0.0, 1.0),
+    "reward.lambda_ssim": ("uniform", 0.0, 2.0),
+    "reward.lambda_novelty": ("uniform", 0.0, 2.0),
+    "reward.lambda_equator": ("uniform", 0.0, 0.5),
+    "reward.beta_coverage": ("uniform", 0.0, 0.5),
+    "reward.beta_jaccard": ("uniform", 0.0, 0.5),
+    "reward.task_mse": ("loguniform", 0.5, 4.0),
+    "reward.task_rank": ("loguniform", 0.5, 4.0),
+    "assessor.loss_rank": ("uniform", 0.0, 0.5),
+    "assessor.loss_consistency": ("uniform", 0.0, 0.5),
+    "assessor.loss_triplet": ("uniform", 0.0, 0.6),
+    "assessor.loss_cross_rank": ("uniform", 0.0, 0.5),
+}
+
+#: Arguments shared with ``run_ppo.py``'s ``Args`` that the best config carries over.
+DATA_FIELDS = ("dataset", "root", "dataset_options", "backbone", "n_lon", "n_lat", "fov", "size",
+               "augmentations", "cache_dir", "test_fraction", "val_fraction", "split_seed")
+
+
+@dataclass
+class Args:
+    """Arguments of ``sweep.py`` (nested settings are options like ``--settings.total-timesteps``)."""
+
+    dataset: str = "synth360"
+    root: str = ""
+    dataset_options: str = ""
+    backbone: str = "nss"
+    n_lon: int = 8
+    n_lat: int = 4
+    fov: float = 90.0
+    size: int = 224
+    augmentations: str = "weak,mild,heavy"
+    cache_dir: str = ""
+    test_fraction: float = 0.2
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    num_samples: int = 16
+    validate_every: int = 5
+    eval_paths: int = 5
+    grace_period: int = 2
+    reduction_factor: int = 3
+    address: str = ""
+    num_cpus: int = 2
+    cpus_per_trial: float = 1.0
+    seed: int = 0
+    out: str = "runs/sweep"
+    quick: bool = False
+    json: bool = False
+    progress: bool = True
+    settings: CoTrainSettings = field(default_factory=lambda: CoTrainSettings(total_timesteps=60_000))
+
+
+DOCS = {
+    "val_fraction": "fraction of the training references held out for validation SRCC",
+    "num_samples": "trials (random configurations)",
+    "validate_every": "rollouts between validations (each is one ASHA time step)",
+    "eval_paths": "K paths per validation image",
+    "grace_period": "validations every trial gets before ASHA may stop it",
+    "reduction_factor": "ASHA keeps 1 in this many trials at each rung",
+    "address": "Ray cluster to join ('auto' = the running local one); empty = start a local Ray",
+    "num_cpus": "CPUs of the local Ray (ignored with --address)",
+    "cpus_per_trial": "CPUs reserved per trial (each trial runs torch with this many threads)",
+    "seed": "seed of the random search (which configurations are drawn); trials train with settings.seed",
+    "quick": "smoke run: the small Synth360, 2 trials, a tiny budget",
+    "settings.total_timesteps": "PPO steps per trial (the full budget of a trial ASHA keeps)",
+}
+
+QUICK_OVERRIDES: dict[str, Any] = {
+    "num_samples": 2, "validate_every": 2, "eval_paths": 3, "grace_period": 1,
+    "settings": {"total_timesteps": 1_120, "n_paths": 3,
+                 "ppo": {"n_envs": 2, "n_steps": 70, "batch_size": 70, "n_epochs": 1},
+                 "assessor": {"warmup_steps": 20, "steps_per_rollout": 5}},
+}
+
+
+def apply_quick(args: Args) -> Args:
+    """Apply ``--quick`` overrides to the values still at their defaults."""
+    if not args.quick:
+        return args
+    values, defaults = asdict(args), asdict(Args())
+
+    def merge(current: dict[str, Any], default: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+        for key, value in overrides.items():
+            if isinstance(value, Mapping):
+                merge(current[key], default[key], value)
+            elif current[key] == default[key]:
+                current[key] = value
+
+    merge(values, defaults, QUICK_OVERRIDES)
+    return build_dataclass(Args, values)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class SweepData:
+    """What every trial trains and validates on."""
+
+    fit: FeatureCache
+    val: FeatureCache
+    stats: FeatureStats
+    info: dict[str, Any]
+
+
+def load_data(args: Args) -> SweepData:
+    """The fit and validation references, split as ``run_ppo.py`` splits them."""
+    grid = ViewportGrid(n_lon=args.n_lon, n_lat=args.n_lat, fov_deg=args.fov, size=args.size)
+    options = dict(item.split("=", 1) for item in args.dataset_options.split(",") if item)
+    cache = prepare_feature_cache(
+        args.dataset, args.root or None, backbone=args.backbone, grid=grid,
+        augmentations=tuple(a for a in args.augmentations.split(",") if a),
+        cache_dir=args.cache_dir or None, dataset_options=options, quick_default=args.quick,
+        progress=args.progress)
+    return split_fit_val(cache, args)
+
+
+def split_fit_val(cache: FeatureCache, args: Args) -> SweepData:
+    """Drop the test references, then hold ``val_fraction`` of the rest out for validation."""
+    outer = split_by_reference(list(cache.ref_ids), test_fraction=args.test_fraction,
+                               seed=args.split_seed)
+    train = cache.subset(outer.train)
+    inner = split_by_reference(list(train.ref_ids), test_fraction=args.val_fraction,
+                               seed=args.split_seed + 1)
+    fit, val = train.subset(inner.train), train.subset(inner.test)
+    if len(val) < 3:
+        raise ValueError(f"validation holds {len(val)} images (< 3), too few for an SRCC; raise "
+                         "--val-fraction or use a larger dataset")
+    return SweepData(fit=fit, val=val, stats=FeatureStats.fit(fit),
+                     info={"n_fit": len(fit), "n_val": len(val),
+                           "val_refs": sorted(set(val.ref_ids)),
+                           "test_refs_excluded": sorted(set(outer.test_refs))})
+
+
+# ----------------------------------------------------------------------------- trials
+
+
+def settings_for(base: Mapping[str, Any], config: Mapping[str, Any]) -> CoTrainSettings:
+    """The base settings (``asdict`` form) with the trial's weights (nested config) applied."""
+    values = json.loads(json.dumps(base))
+    for group, changes in config.items():
+        values[group].update({name: float(value) for name, value in changes.items()})
+    return CoTrainSettings.from_dict(values)
+
+
+def trial(config: dict[str, Any], *, data: SweepData, base: dict[str, Any], eval_paths: int,
+          validate_every: int, threads: int) -> None:
+    """One Ray Tune trial: co-train with the trial's weights, report validation SRCC to Tune."""
+    from ray import tune
+
+    torch.set_num_threads(threads)
+    settings = settings_for(base, config)
+    rollout = settings.ppo.n_envs * settings.ppo.n_steps
+    # Validation r comes after r * validate_every rollouts; the final one (if any) sets its own.
+    progress = {"reports": 0, "final_timesteps": 0}
+
+    def validate(policy: Any, assessor: Any) -> dict[str, float]:
+        evaluation = evaluate_agent(
+            policy, assessor, data.val, np.arange(len(data.val)), n_paths=eval_paths,
+            path_length=settings.path_length, seed=settings.seed,
+            env_kwargs={"feature_stats": data.stats, "start": settings.start,
+                        **settings.reward.env_kwargs()})
+        srcc, plcc = evaluation.metrics["srcc"], evaluation.metrics["plcc"]
+        progress["reports"] += 1
+        timesteps = progress["final_timesteps"] or progress["reports"] * validate_every * rollout
+        tune.report({METRIC: srcc if math.isfinite(srcc) else UNDEFINED_SRCC,
+                     "val_plcc": plcc if math.isfinite(plcc) else UNDEFINED_SRCC,
+                     "timesteps": timesteps})
+        return {"srcc": srcc, "plcc": plcc}
+
+    run = cotrain(settings, data.fit, stats=data.stats, validate=validate,
+                  validate_every=validate_every)
+    if progress["reports"] == 0 or run.callback.rollouts % validate_every != 0:
+        # The budget ended between validations: report where the trial actually finished.
+        progress["final_timesteps"] = int(run.ppo.num_timesteps)
+        validate(run.ppo.policy, run.assessor)
+
+
+def param_space() -> dict[str, dict[str, Any]]:
+    """:data:`SEARCH_SPACE` as a nested Ray Tune search space."""
+    from ray import tune
+
+    space: dict[str, dict[str, Any]] = {}
+    for dotted, (kind, low, high) in SEARCH_SPACE.items():
+        group, name = dotted.split(".")
+        space.setdefault(group, {})[name] = (tune.loguniform(low, high) if kind == "loguniform"
+                                             else tune.uniform(low, high))
+    return space
+
+
+def expected_validations(args: Args) -> int:
+    """Validations a trial that is never stopped reports (ASHA's ``max_t``)."""
+    rollout = args.settings.ppo.n_envs * args.settings.ppo.n_steps
+    rollouts = math.ceil(args.settings.total_timesteps / rollout)
+    return max(1, rollouts // args.validate_every + (rollouts % args.validate_every != 0))
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def trial_rows(result_grid: Any, max_t: int) -> list[dict[str, Any]]:
+    """One row per trial, best first: weights, best/last validation SRCC, validations reached."""
+    rows = []
+    for result in result_grid:
+        if result.error is not None or not result.metrics:
+            rows.append({"trial": Path(result.path).name if result.path else "?", "status": "error",
+                         "error": str(result.error), "config": result.config})
+            continue
+        history = result.metrics_dataframe
+        srcc = history[METRIC].to_numpy(dtype=np.float64) if history is not None else np.array([])
+        reached = int(result.metrics.get("training_iteration", len(srcc)))
+        rows.append({"trial": result.metrics.get("trial_id", "?"),
+                     "status": "completed" if reached >= max_t else "stopped by ASHA",
+                     "validations": reached, "last_srcc": float(result.metrics[METRIC]),
+                     "best_srcc": float(srcc.max()) if srcc.size else float(result.metrics[METRIC]),
+                     "timesteps": int(result.metrics.get("timesteps", 0)),
+                     "config": result.config})
+    ok = [row for row in rows if row["status"] != "error"]
+    # The winner ran the full budget (ASHA let it): rank by validations reached, then last SRCC.
+    ok.sort(key=lambda row: (row["validations"], row["last_srcc"]), reverse=True)
+    return ok + [row for row in rows if row["status"] == "error"]
+
+
+def best_config(args: Args, best: Mapping[str, Any]) -> dict[str, Any]:
+    """``run_ppo.py --config`` document: data arguments and the winning settings."""
+    base = asdict(args.settings)
+    settings = settings_for(base, best["config"])
+    return {**{name: getattr(args, name) for name in DATA_FIELDS}, "settings": asdict(settings)}
+
+
+def write_outputs(out: Path, args: Args, data: SweepData, rows: list[dict[str, Any]],
+                  seconds: float) -> dict[str, Any]:
+    """results.json, results.md and best_config.json; returns the summary."""
+    completed = [row for row in rows if row["status"] != "error"]
+    if not completed:
+        raise RuntimeError(f"every trial failed; first error: {rows[0].get('error') if rows else '-'}")
+    best = completed[0]
+    config = best_config(args, best)
+    atomic_write_json(out / "best_config.json", config)
+    document = {"args": asdict(args), "data": data.info, "search_space": {
+        name: {"distribution": kind, "low": low, "high": high}
+        for name, (kind, low, high) in SEARCH_SPACE.items()},
+        "trials": rows, "best": best, "wall_seconds": seconds}
+    atomic_write_json(out / "results.json", document)
+    table_rows = []
+    for row in completed:
+        flat = {f"{group}.{name}": value for group, values in row["config"].items()
+                for name, value in values.items()}
+        table_rows.append({"trial": row["trial"], "status": row["status"],
+                           "validations": row["validations"], "best": row["best_srcc"],
+                           "last": row["last_srcc"],
+                           **{name.split(".")[1]: flat[name] for name in SEARCH_SPACE}})
+    columns = ["trial", "status", "validations", "best", "last",
+               *[name.split(".")[1] for name in SEARCH_SPACE]]
+    headers = ["Trial", "Status", "Validations", "Best val SRCC", "Last val SRCC",
+               *[name.split(".")[1] for name in SEARCH_SPACE]]
+    text = (f"# Reward and loss weight sweep ({args.dataset}, {len(rows)} trials, ASHA)\n\n"
+            f"Fit images {data.info['n_fit']}, validation images {data.info['n_val']} (references "
+            f"{', '.join(data.info['val_refs'])}); test references excluded. "
+            f"{args.settings.total_timesteps:,} PPO steps per full trial, validation SRCC with "
+            f"K = {args.eval_paths} paths every {args.validate_every} rollouts; wall time "
+            f"{seconds / 60:.1f} min.\n\n"
+            + markdown_table(table_rows, columns, headers)
+            + f"\nBest: trial {best['trial']} (last validation SRCC {best['last_srcc']:.3f}); "
+              "`experiments/run_ppo.py --config best_config.json` trains it.\n")
+    atomic_write_text(out / "results.md", text)
+    return {"best_trial": best["trial"], "best_val_srcc": best["last_srcc"],
+            "trials": len(rows), "completed": sum(row["status"] == "completed" for row in rows),
+            "best_config": str(out / "best_config.json"), "wall_seconds": seconds}
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run_sweep(args: Args, data: SweepData, out: Path) -> list[dict[str, Any]]:
+    """Run the trials on the Ray cluster that ``ray.init`` connected to; rows best first."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    max_t = expected_validations(args)
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
+                              grace_period=min(args.grace_period, max_t),
+                              reduction_factor=args.reduction_factor)
+    trainable = tune.with_resources(
+        tune.with_parameters(trial, data=data, base=asdict(args.settings),
+                             eval_paths=args.eval_paths, validate_every=args.validate_every,
+                             threads=max(1, int(args.cpus_per_trial))),
+        {"cpu": args.cpus_per_trial})
+
+    with progress_bar("sweep trials", args.num_samples, unit="trial", enabled=args.progress) as bar:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(),
+            tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
+                                        num_samples=args.num_samples,
+                                        search_alg=_random_search(args.seed)),
+            run_config=tune.RunConfig(name="sweep", storage_path=str((out / "ray").resolve()),
+                                      verbose=0, callbacks=[_trial_progress(bar)]))
+        result_grid = tuner.fit()
+    return trial_rows(result_grid, max_t)
+
+
+def _trial_progress(handle: ProgressHandle) -> Any:
+    """A Tune callback that advances ``handle`` as trials end and shows the best SRCC so far."""
+    from ray import tune
+
+    class TrialProgress(tune.Callback):
+        def __init__(self, bar: ProgressHandle) -> None:
+            self.handle: ProgressHandle | None = bar
+            self.best = -math.inf
+
+        # Tune pickles its callbacks with the experiment state; the live bar stays in the driver.
+        def __getstate__(self) -> dict[str, Any]:
+            return {"best": self.best}
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.handle, self.best = None, state["best"]
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                            **info: Any) -> None:
+            self.best = max(self.best, float(result.get(METRIC, -math.inf)))
+            if self.handle is not None:
+                self.handle.describe(f"sweep trials (best val SRCC {self.best:.3f})")
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            if self.handle is not None:
+                self.handle.advance()
+
+        on_trial_error = on_trial_complete
+
+    return TrialProgress(handle)
+
+
+def _random_search(seed: int) -> Any:
+    """Seeded random search, so the same ``--seed`` samples the same configurations."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    try:
+        import ray
+    except ImportError:
+        raise SystemExit('sweep.py needs Ray Tune: pip install "rl-scaniqa[sweep]" '
+                         '(or pip install "ray[tune]")') from None
+    args = apply_quick(parse_dataclass(Args, __doc__.splitlines()[1], argv, DOCS))
+    if args.num_samples < 1 or args.validate_every < 1:
+        raise SystemExit("--num-samples and --validate-every must be at least 1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    data = load_data(args)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        if args.address:
+            ray.init(address=args.address)
+        else:
+            ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        rows = run_sweep(args, data, out)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    summary = write_outputs(out, args, data, rows, time.perf_counter() - started)
+    if args.progress:
+        print((out / "results.md").read_text(), file=sys.stderr)
+    print(json.dumps(summary) if args.json else f"best config: {out / 'best_config.json'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

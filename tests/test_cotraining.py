@@ -1,0 +1,203 @@
+"""Co-training: task-reward wrappers, assessor trainer, callback, trained-model save/load, harness."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from rl_scaniqa.agents.cotrain import (CoTrainSettings, ScanIQAModel, build_policy,
+                                       setup_cotraining, to_model)
+from rl_scaniqa.agents.evaluation import SeededPolicyAgent, run_agent, score_scanpaths
+from rl_scaniqa.assessor.losses import ranking_reward
+from rl_scaniqa.assessor.model import AssessorConfig, QualityAssessor
+from rl_scaniqa.assessor.reward_wrapper import (AssessorRewardVecWrapper, AssessorRewardWrapper,
+                                                TaskRewardSchedule)
+from rl_scaniqa.assessor.training import AssessorTrainer, random_paths
+from rl_scaniqa.envs.arguments import build_dataclass, parse_dataclass
+from rl_scaniqa.envs.defaults import random_feature_cache
+from rl_scaniqa.envs.feature_cache import FeatureStats
+from rl_scaniqa.envs.geometry import ViewportGrid
+from rl_scaniqa.envs.panorama_env import Panorama360Env
+
+GRID = ViewportGrid(n_lon=4, n_lat=2, size=32)
+
+
+@pytest.fixture(scope="module")
+def cache():
+    return random_feature_cache(12, grid=GRID, dim=6, seed=3)
+
+
+def tiny_settings(**overrides) -> CoTrainSettings:
+    values = {"total_timesteps": 240, "n_paths": 2, "path_length": 3,
+              "ppo": {"n_envs": 2, "n_steps": 12, "batch_size": 12, "n_epochs": 1,
+                      "embed_dim": 8, "hidden_dim": 8, "attention_dim": 8},
+              "assessor": {"hidden_dim": 16, "attention_dim": 8, "batch_size": 8,
+                           "warmup_steps": 2, "steps_per_rollout": 2}}
+    values.update(overrides)
+    return build_dataclass(CoTrainSettings, values)
+
+
+def make_assessor(dim: int) -> QualityAssessor:
+    torch.manual_seed(0)
+    return QualityAssessor(AssessorConfig(feature_dim=dim, hidden_dim=16, attention_dim=8))
+
+
+def env_kwargs(cache):
+    return dict(feature_cache=cache, split="all", n_paths=2, path_length=3)
+
+
+def test_schedule_ramps_linearly_then_holds():
+    schedule = TaskRewardSchedule(mse_weight=2.0, rank_weight=1.0, warmup_steps=100)
+    assert schedule.weights(0) == (0.0, 0.0)
+    assert schedule.weights(50) == (1.0, 0.5)
+    assert schedule.weights(1000) == (2.0, 1.0)
+    assert TaskRewardSchedule(warmup_steps=0).weights(0) == (2.0, 2.0)
+
+
+def test_vec_wrapper_adds_task_reward_exactly_at_path_ends(cache):
+    assessor = make_assessor(cache.dim)
+    plain = DummyVecEnv([lambda: Panorama360Env(**env_kwargs(cache)) for _ in range(3)])
+    wrapped = AssessorRewardVecWrapper(
+        DummyVecEnv([lambda: Panorama360Env(**env_kwargs(cache)) for _ in range(3)]), assessor,
+        TaskRewardSchedule(mse_weight=2.0, rank_weight=0.5))
+    plain.seed(7)
+    wrapped.seed(7)
+    plain.reset()
+    wrapped.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        actions = rng.integers(0, GRID.n_viewports, size=3)
+        _, base_rewards, _, base_infos = plain.step(actions)
+        _, rewards, _, infos = wrapped.step(actions)
+        if not base_infos[0]["path_done"]:
+            np.testing.assert_allclose(rewards, base_rewards, rtol=1e-6)
+            continue
+        predictions = assessor.predict(np.stack([i["path_features"] for i in infos]),
+                                       np.stack([i["global_feature"] for i in infos]))
+        targets = np.array([i["mos_normalized"] for i in infos])
+        expected = 2.0 * -(predictions - targets) ** 2 + 0.5 * ranking_reward(predictions, targets)
+        np.testing.assert_allclose(rewards - base_rewards, expected, rtol=1e-5, atol=1e-6)
+        assert all("task_reward" in info for info in infos)
+    finished = wrapped.pop_finished_paths()
+    assert len(finished) == 6  # 3 envs x 2 paths of 3 steps in 6 steps
+    assert all(len(f.path) == 4 for f in finished)
+    assert wrapped.pop_finished_paths() == []
+
+
+def test_gym_wrapper_ranks_against_memory_of_other_images(cache):
+    assessor = make_assessor(cache.dim)
+    env = AssessorRewardWrapper(Panorama360Env(**env_kwargs(cache)), assessor,
+                                TaskRewardSchedule(mse_weight=1.0, rank_weight=1.0))
+    env.reset(seed=0)
+    first_path_info = None
+    for _ in range(3):
+        _, _, _, _, info = env.step(env.action_space.sample())
+        if info["path_done"]:
+            first_path_info = info
+    assert first_path_info is not None
+    # The first path has no other image in memory: the ranking part is 0.
+    assert first_path_info["task_reward"]["rank"] == 0.0
+    prediction = first_path_info["assessor_prediction"]
+    assert first_path_info["task_reward"]["mse"] == pytest.approx(
+        -(prediction - first_path_info["mos_normalized"]) ** 2)
+
+
+def test_random_paths_start_fixed_and_never_revisit():
+    rng = np.random.default_rng(0)
+    paths = random_paths(rng, np.full(50, 5), n_viewports=8, length=6)
+    assert paths.shape == (50, 6)
+    assert (paths[:, 0] == 5).all()
+    assert all(len(set(row)) == 6 for row in paths.tolist())
+    again = random_paths(np.random.default_rng(0), np.full(50, 5), n_viewports=8, length=6)
+    np.testing.assert_array_equal(paths, again)
+
+
+def test_trainer_learns_mos_from_features():
+    # MOS is a function of the first global feature: the assessor must pick it up.
+    cache = random_feature_cache(40, grid=GRID, dim=6, seed=1)
+    mos = 1 + 4 * (cache.global_features[:, 0] - cache.global_features[:, 0].min()) / np.ptp(
+        cache.global_features[:, 0])
+    cache.mos = mos.astype(np.float32)
+    stats = FeatureStats.fit(cache)
+    assessor = QualityAssessor(AssessorConfig(feature_dim=6, hidden_dim=32, attention_dim=8,
+                                              dropout=0.0))
+    trainer = AssessorTrainer(assessor, cache, stats, np.arange(40), path_length=4,
+                              start_viewport=0, seed=0)
+    trainer.config.learning_rate = 3e-3
+    trainer.optimizer = torch.optim.Adam(assessor.parameters(), lr=3e-3)
+    before = trainer.train_steps(5)["mse"]
+    after = trainer.train_steps(150)["mse"]
+    assert after < before / 3
+
+
+def test_cotraining_runs_logs_and_round_trips_through_save_load(cache, tmp_path):
+    settings = tiny_settings()
+    seen: list[dict] = []
+    run = setup_cotraining(settings, cache, on_update=lambda stats: seen.append(dict(stats)),
+                           validate=lambda policy, assessor: {"srcc": 0.5}, validate_every=2)
+    run.trainer.train_steps(settings.assessor.warmup_steps)
+    run.ppo.learn(settings.total_timesteps, callback=run.callback)
+    assert run.callback.rollouts == settings.total_timesteps // (2 * 12)
+    assert seen and "assessor/total" in seen[-1] and "task/mse" in seen[-1]
+    assert any("val/srcc" in stats for stats in seen)
+    # Entropy coefficient annealed from 0.02 towards 0.005.
+    assert settings.ppo.ent_coef_end <= run.ppo.ent_coef < settings.ppo.ent_coef_start
+
+    model = to_model(run, settings, cache, metadata={"seed": 0})
+    model.save(tmp_path / "model")
+    loaded = ScanIQAModel.load(tmp_path / "model")
+    assert loaded.grid == cache.grid and loaded.settings == settings
+    env = Panorama360Env(**env_kwargs(cache), feature_stats=run.stats)
+    observation, _ = env.reset(seed=0)
+    batch = {key: value[None] for key, value in observation.items()}
+    expected, _ = run.ppo.policy.predict(batch, deterministic=True)
+    actual, _ = loaded.policy.predict(batch, deterministic=True)
+    np.testing.assert_array_equal(expected, actual)
+    with torch.no_grad():
+        tensors = loaded.policy.obs_to_tensor(batch)[0]
+        np.testing.assert_allclose(run.ppo.policy.predict_values(tensors).numpy(),
+                                   loaded.policy.predict_values(tensors).numpy(), rtol=1e-6)
+
+
+def test_model_load_rejects_foreign_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.json"):
+        ScanIQAModel.load(tmp_path)
+    (tmp_path / "model.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ValueError, match="not an RL-ScanIQA model"):
+        ScanIQAModel.load(tmp_path)
+
+
+def test_harness_is_seeded_and_scores_every_path(cache):
+    settings = tiny_settings()
+    policy = build_policy(settings, GRID, cache.dim)
+    stats = FeatureStats.fit(cache)
+    kwargs = {"feature_stats": stats}
+    first = run_agent(SeededPolicyAgent(policy, 4), cache, range(5), n_paths=2, path_length=3,
+                      env_kwargs=kwargs, batch_size=2, seed=4)
+    second = run_agent(SeededPolicyAgent(policy, 4), cache, range(5), n_paths=2, path_length=3,
+                       env_kwargs=kwargs, batch_size=3, seed=4)
+    assert first.paths.shape == (5, 2, 4)
+    assert first.path_features.shape == (5, 2, 4, cache.dim)
+    # Per-image generators: an image's paths do not depend on the batch it was run in.
+    np.testing.assert_array_equal(first.paths, second.paths)
+    mean, std, scores = score_scanpaths(make_assessor(cache.dim), first)
+    assert mean.shape == std.shape == (5,) and scores.shape == (5, 2)
+    np.testing.assert_allclose(mean, scores.mean(axis=1))
+
+
+def test_parse_dataclass_nested_options_and_config(tmp_path):
+    config = tmp_path / "best.json"
+    config.write_text(json.dumps({"total_timesteps": 10, "ppo": {"n_envs": 3, "gamma": 0.9}}))
+    settings = parse_dataclass(CoTrainSettings, "test",
+                               ["--config", str(config), "--ppo.n-envs", "5",
+                                "--reward.task-mse", "1.5"])
+    assert settings.total_timesteps == 10
+    assert settings.ppo.n_envs == 5 and settings.ppo.gamma == 0.9
+    assert settings.reward.task_mse == 1.5
+    assert settings.assessor == CoTrainSettings().assessor
+    with pytest.raises(ValueError, match="unknown"):
+        build_dataclass(CoTrainSettings, {"ppo": {"n_env": 1}})
