@@ -145,10 +145,11 @@ class RandomPathAgent(_ImageAware):
         batch, single = _as_batch(observation)
         allowed = _allowed(batch)
         n, n_viewports = allowed.shape
-        if self._generators is not None and len(self._generators) == n:
-            keys = np.stack([rng.random(n_viewports) for rng in self._generators])
-        else:
+        if self._generators is None:
             keys = self._fallback.random((n, n_viewports))
+        else:
+            self._rows(n)  # the batch must be the one begin_episodes announced
+            keys = np.stack([rng.random(n_viewports) for rng in self._generators])
         actions = np.where(allowed, keys, -1.0).argmax(axis=1)
         return (actions[0] if single else actions), state
 
@@ -158,8 +159,8 @@ class EquatorSweepAgent:
 
     The equator viewports (:meth:`ViewportGrid.equator_indices`; rows 1 and 2 of the default
     grid) are ordered column by column in increasing yaw, beginning at the start viewport's
-    column (the nearest column in yaw when the start is off the band), and within a column the
-    start's row first. Path k begins its sweep ``k * T`` entries after the start, so the K paths
+    column (also when the start lies off the band, e.g. a dataset start near a pole), and within
+    a column the row nearest the start's row first. Path k begins its sweep ``k * T`` entries after the start, so the K paths
     continue one another around the band instead of repeating the same arc. Viewports already in
     the current path are skipped; once the whole band is in the path, the lowest allowed index
     is taken. Deterministic by construction.
@@ -442,8 +443,9 @@ class SVRBaseline:
     gamma_factors: tuple[float, ...] = (0.3, 1.0, 3.0)
     epsilon: float = 0.02
     cv_folds: int = 5
-    best_params: dict[str, float] = field(default_factory=dict)
-    _model: Any = field(default=None, repr=False)
+    #: ``{"C", "gamma"}`` chosen by the last :meth:`fit`.
+    best_params: dict[str, float] = field(default_factory=dict, init=False)
+    _model: Any = field(default=None, init=False, repr=False)
 
     def fit(self, cache: FeatureCache, indices: Sequence[int] | np.ndarray) -> SVRBaseline:
         """Fit on the images ``indices`` of ``cache`` (their normalised MOS); returns self."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from rl_scaniqa.assessor.model import AssessorConfig, QualityAssessor
 from rl_scaniqa.assessor.reward_wrapper import AssessorRewardVecWrapper, TaskRewardSchedule
 from rl_scaniqa.assessor.training import AssessorTrainer, AssessorTrainingConfig
 from rl_scaniqa.envs.arguments import build_dataclass
+from rl_scaniqa.envs.backbones import resolve_device
 from rl_scaniqa.envs.datasets.records import MosScale
 from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
 from rl_scaniqa.envs.geometry import ViewportGrid
@@ -128,7 +130,7 @@ class CoTrainSettings:
     path_length: int = 7
     start: str = "front"
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     reward: RewardSettings = field(default_factory=RewardSettings)
     ppo: PPOSettings = field(default_factory=PPOSettings)
     assessor: AssessorSettings = field(default_factory=AssessorSettings)
@@ -289,6 +291,7 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
     defaults to statistics fitted on them.
     """
     torch.manual_seed(settings.seed)
+    settings = dataclasses.replace(settings, device=resolve_device(settings.device))
     stats = stats or FeatureStats.fit(cache)
     assessor = QualityAssessor(AssessorConfig(
         feature_dim=cache.dim, hidden_dim=settings.assessor.hidden_dim,

@@ -20,11 +20,16 @@ every step of an image's episode (K paths x T steps), so a PPO minibatch drawn f
 few distinct candidate matrices. The projection ``f`` and the keys ``W_f f`` are computed once per
 distinct matrix and gathered back: rows are grouped by a cheap fingerprint (a fixed random
 projection of each row's first candidate feature) and the grouping is verified by a bitwise
-comparison of the whole rows, so the result is exactly that of the plain computation; if the
-verification fails, the plain computation runs. Batches smaller than ``dedup_min_batch`` (the
+comparison of the whole rows, so every row gets the projection of its own candidates (equal to
+the plain computation up to the rounding of a differently blocked matmul); if the verification
+fails, the plain computation runs. Batches smaller than ``dedup_min_batch`` (the
 rollout: one observation per env) skip the bookkeeping, which would cost more than it saves.
+Measured on one CPU thread, minibatch of 210 rows from an 8-env rollout (9 distinct images),
+D = 384, E = H = A = 32: forward + backward 6.0 ms with the dedup, 10.3 ms without (E = 64:
+8.6 vs 17.6 ms); the bitwise verification costs about 0.6 ms of that.
 Computing ``f`` then ``W_f f`` (D*E + E*A per candidate) is cheaper than fusing ``W_f P`` into a
-second D x A projection, because ``f`` is needed anyway as the GRU input.
+second D x A projection, because ``f`` is needed anyway as the GRU input. The default widths
+(E = H = A = 32) are a speed choice too: 64 costs about a quarter of the PPO throughput.
 
 Padding invariance: the history is a prefix of valid indices followed by -1. The GRU is causal, so
 its output at the last valid position does not depend on what follows; the sequence is cut at the
@@ -47,7 +52,8 @@ MASKED_LOGIT = -1e8
 def _check_space(observation_space: spaces.Space) -> tuple[int, int]:
     """Return (V, D) of a Panorama360Env observation space or raise ``ValueError``."""
     if not isinstance(observation_space, spaces.Dict):
-        raise ValueError(f"ScanpathExtractor needs a Dict observation space, got {observation_space}")
+        raise ValueError(f"ScanpathExtractor needs a Dict observation space, "
+                         f"got {observation_space}")
     missing = [key for key in OBSERVATION_KEYS if key not in observation_space.spaces]
     if missing:
         raise ValueError(f"ScanpathExtractor: observation space lacks keys {missing}")
@@ -58,10 +64,12 @@ def _check_space(observation_space: spaces.Space) -> tuple[int, int]:
     expected = {"global": (dim,), "visited": (n_viewports,)}
     for key, shape in expected.items():
         if observation_space[key].shape != shape:
-            raise ValueError(f"ScanpathExtractor: '{key}' must have shape {shape}, got {observation_space[key].shape}")
+            raise ValueError(f"ScanpathExtractor: '{key}' must have shape {shape}, "
+                             f"got {observation_space[key].shape}")
     history_shape = observation_space["history"].shape
     if len(history_shape) != 1 or history_shape[0] < 1:
-        raise ValueError(f"ScanpathExtractor: 'history' must be (L,) with L >= 1, got {history_shape}")
+        raise ValueError(f"ScanpathExtractor: 'history' must be (L,) with L >= 1, "
+                         f"got {history_shape}")
     return n_viewports, dim
 
 

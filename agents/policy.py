@@ -27,6 +27,7 @@ is not ``nn.Linear``/``nn.Conv2d``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -76,11 +77,22 @@ class ScanpathHead(nn.Module):
 
 
 class _ScanpathPolicyMixin:
-    """Builds the scanpath modules in place of SB3's MlpExtractor/action_net; shared by both policies.
+    """Builds the scanpath head in place of SB3's MlpExtractor and action_net (both policies).
 
     ``net_arch`` is the list of hidden widths of the value MLP on [h; g] (default ``[64]``); the
     actor has no MLP (it is the attention), so a dict with a ``"pi"`` entry is rejected.
     """
+
+    # Set by SB3's (Maskable)ActorCriticPolicy, which follows this mixin in the MRO.
+    action_space: spaces.Discrete
+    features_extractor: ScanpathExtractor
+    net_arch: list[int]
+    activation_fn: type[nn.Module]
+    ortho_init: bool
+    optimizer_class: type[th.optim.Optimizer]
+    optimizer_kwargs: dict[str, Any]
+    init_weights: Callable[..., None]
+    parameters: Callable[[], Iterator[nn.Parameter]]
 
     def __init__(
         self,
@@ -93,16 +105,19 @@ class _ScanpathPolicyMixin:
         **kwargs: Any,
     ) -> None:
         if not isinstance(action_space, spaces.Discrete):
-            raise ValueError(f"{type(self).__name__} needs a Discrete action space, got {action_space}")
+            raise ValueError(f"{type(self).__name__} needs a Discrete action space, "
+                             f"got {action_space}")
         if not issubclass(features_extractor_class, ScanpathExtractor):
-            raise ValueError(f"{type(self).__name__} needs a ScanpathExtractor, got {features_extractor_class.__name__}")
+            raise ValueError(f"{type(self).__name__} needs a ScanpathExtractor, "
+                             f"got {features_extractor_class.__name__}")
         if not share_features_extractor:
             # Actor and critic read one extractor output; a second extractor would double the
             # dominant cost.
             raise ValueError(f"{type(self).__name__} requires share_features_extractor=True")
         if isinstance(net_arch, dict):
             if net_arch.get("pi"):
-                raise ValueError("the actor is the attention head: net_arch may only set 'vf' (value MLP widths)")
+                raise ValueError("the actor is the attention: net_arch may only set 'vf' "
+                                 "(value MLP widths)")
             net_arch = list(net_arch.get("vf", []))
         super().__init__(  # type: ignore[call-arg]
             observation_space,
@@ -116,15 +131,13 @@ class _ScanpathPolicyMixin:
 
     def _build_mlp_extractor(self) -> None:
         """Install :class:`ScanpathHead` as ``mlp_extractor``."""
-        extractor: ScanpathExtractor = self.features_extractor  # type: ignore[attr-defined]
-        n_actions = self.action_space.n  # type: ignore[attr-defined]
+        extractor = self.features_extractor
+        n_actions = int(self.action_space.n)
         if n_actions != extractor.n_viewports:
-            raise ValueError(
-                f"action space has {n_actions} actions but the observation has {extractor.n_viewports} candidates"
-            )
-        self.mlp_extractor = ScanpathHead(
-            extractor.n_viewports, extractor.state_dim, self.net_arch, self.activation_fn  # type: ignore[attr-defined]
-        )
+            raise ValueError(f"action space has {n_actions} actions but the observation has "
+                             f"{extractor.n_viewports} candidates")
+        self.mlp_extractor = ScanpathHead(extractor.n_viewports, extractor.state_dim,
+                                          self.net_arch, self.activation_fn)
 
     def _build(self, lr_schedule: Schedule) -> None:
         """Create head, identity ``action_net``, ``value_net``, the init and the optimizer.
@@ -135,19 +148,18 @@ class _ScanpathPolicyMixin:
         self._build_mlp_extractor()
         self.action_net = nn.Identity()
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
-        if self.ortho_init:  # type: ignore[attr-defined]
+        if self.ortho_init:
             # Insertion order matters: ``v`` is re-initialised after the rest of the extractor.
             module_gains = {
                 self.features_extractor: np.sqrt(2),
                 self.mlp_extractor: np.sqrt(2),
-                self.features_extractor.score: 0.01,  # type: ignore[attr-defined]
+                self.features_extractor.score: 0.01,
                 self.value_net: 1.0,
             }
             for module, gain in module_gains.items():
-                module.apply(partial(self.init_weights, gain=gain))  # type: ignore[attr-defined]
-        self.optimizer = self.optimizer_class(  # type: ignore[attr-defined]
-            self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs  # type: ignore[attr-defined]
-        )
+                module.apply(partial(self.init_weights, gain=gain))
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1),
+                                              **self.optimizer_kwargs)
 
 
 class ScanpathPolicy(_ScanpathPolicyMixin, ActorCriticPolicy):

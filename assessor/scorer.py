@@ -86,7 +86,7 @@ from rl_scaniqa.envs.errors import RLScanIQAError
 from rl_scaniqa.envs.feature_cache import (FeatureCache, ProjectedImage, encode_projected,
                                            project_image)
 from rl_scaniqa.envs.imageio import SUPPORTED_SUFFIXES, as_erp_array, read_erp, write_image
-from rl_scaniqa.envs.io_utils import atomic_path
+from rl_scaniqa.envs.io_utils import atomic_path, json_line
 from rl_scaniqa.envs.progress import progress_bar
 from rl_scaniqa.envs.render import draw_scanpaths
 
@@ -582,7 +582,7 @@ def write_score_outputs(results: Iterable[ScoreResult], scorer: Scorer, *,
         for result in results:
             scored, failed = (scored + 1, failed) if result.ok else (scored, failed + 1)
             if json_stream is not None:
-                json_stream.write(json.dumps(result.to_dict()) + "\n")
+                json_stream.write(json_line(result.to_dict()) + "\n")
                 json_stream.flush()
             if writer is not None:
                 writer.writerow([result.path, _cell(result.score), _cell(result.std),

@@ -3,8 +3,10 @@
 A script declares its arguments as a dataclass with defaults; nested dataclass fields become
 dotted options (``--ppo.n-envs 4``, ``--reward.task-mse 1.5``), booleans become
 ``--flag/--no-flag``, and ``--config FILE.json`` loads a (possibly partial, nested) JSON document
-of values first, so that what the command line says wins over the file, which wins over the
-defaults. The reward sweep writes its best configuration in exactly that JSON form.
+of values. A *preset* is a set of values switched on by a boolean field (``--quick``). Precedence,
+lowest first: the dataclass defaults, the preset, the ``--config`` file, the command line — so
+``--quick --settings.n-paths 15`` really uses 15 paths. The reward sweep writes its best
+configuration in exactly the ``--config`` JSON form.
 """
 
 from __future__ import annotations
@@ -120,9 +122,28 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
+def key_value(text: str) -> tuple[str, str]:
+    """``"hm-root=HMData"`` → ``("hm_root", "HMData")`` (dashes in keys become underscores)."""
+    key, sep, value = text.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    return key.replace("-", "_"), value
+
+
+def key_values(text: str) -> dict[str, str]:
+    """``"condition=good-15s,hm_root=HMData"`` → a dict (empty text → empty dict)."""
+    return dict(key_value(item) for item in text.split(",") if item.strip())
+
+
 def parse_dataclass(cls: type[T], description: str, argv: Sequence[str] | None = None,
-                    docs: Mapping[str, str] | None = None) -> T:
-    """Parse ``argv`` into an instance of ``cls`` (defaults < ``--config`` file < options)."""
+                    docs: Mapping[str, str] | None = None,
+                    presets: Mapping[str, Mapping[str, Any]] | None = None) -> T:
+    """Parse ``argv`` into an instance of ``cls``.
+
+    ``presets`` maps a boolean field name to the (nested) values it switches on. Precedence,
+    lowest first: defaults, presets that are on, the ``--config`` file, the command line.
+    """
     parser = dataclass_parser(cls, description, docs)
     namespace = vars(parser.parse_args(argv))
     config_path = namespace.pop("config")
@@ -135,6 +156,9 @@ def parse_dataclass(cls: type[T], description: str, argv: Sequence[str] | None =
         if not isinstance(values, dict):
             parser.error(f"--config {config_path}: expected a JSON object")
     values = _merge(values, _nest(namespace))
+    for flag, preset in (presets or {}).items():
+        if values.get(flag):
+            values = _merge(dict(preset), values)
     try:
         return build_dataclass(cls, values)
     except (TypeError, ValueError) as error:

@@ -17,22 +17,23 @@ Each subcommand has ``--help``. Heavy modules are imported inside the handlers s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from rl_scaniqa.envs.arguments import key_value
 from rl_scaniqa.envs.errors import RLScanIQAError
+from rl_scaniqa.envs.io_utils import json_line
 
 DATASET_NAMES = ("synth360", "cviqd", "oiqa", "jufe", "csv")
 
 
 def parse_option(text: str) -> tuple[str, str]:
-    """Split a ``key=value`` dataset option."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.replace("-", "_"), value
+    """argparse type of ``--option KEY=VALUE``."""
+    try:
+        return key_value(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +80,7 @@ def run_cache(args: argparse.Namespace) -> int:
     cache = load_cache(path, expect_backbone=backbone.name, expect_grid=grid)
     summary = {"cache": str(path), "images": len(cache), "backbone": cache.backbone,
                "dim": cache.dim, "grid": grid.key(), "augmentations": list(cache.augmentations)}
-    print(json.dumps(summary) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    print(json_line(summary) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -77,9 +78,32 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by ``None``.
+
+    Python's ``json`` writes ``NaN``/``Infinity``, which strict parsers (``jq``, browsers,
+    ``JSON.parse``) reject; an undefined metric (constant predictions) becomes ``null`` instead.
+    NumPy scalars and arrays are converted to plain Python values on the way.
+    """
+    if isinstance(obj, dict):
+        return {key: strict_json(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(value) for value in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return strict_json(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def json_line(obj: Any) -> str:
+    """One line of strict JSON (see :func:`strict_json`), for ``--json`` outputs."""
+    return json.dumps(strict_json(obj), allow_nan=False)
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as indented strict JSON to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager

@@ -1,10 +1,10 @@
-#!/usr/bin/env python
 """Draw the RL-ScanIQA architecture figure (data flow from pixels to metrics) with matplotlib.
 
     .venv/bin/python experiments/architecture_figure.py --out docs/images/architecture.png
 
 Boxes name the real modules and objects of the package; the figure is referenced by
-``docs/architecture.md``. Nothing is computed: the figure is a diagram, drawn from the layout below.
+``docs/architecture.md``. Nothing is computed: the figure is a diagram drawn from the layout
+below.
 """
 
 from __future__ import annotations
@@ -46,25 +46,46 @@ class Box:
 
 BOXES = {
     "erp": Box(1.25, 8.2, 2.1, 1.3, "ERP panorama",
-               "uint8 H x 2H RGB\nread_erp / as_erp_array", PIXELS),
+               "uint8 H x 2H RGB\n"
+               "read_erp / as_erp_array", PIXELS),
     "views": Box(4.15, 8.2, 2.9, 1.3, "Viewports (gnomonic)",
-                 "ViewportGrid 8 x 4, FOV 90°, 224 px\nextract_viewports: cached cv2.remap maps\n+ global view (224 x 448)", PIXELS),
+                 "ViewportGrid 8 x 4, FOV 90°, 224 px\n"
+                 "extract_viewports: cached cv2.remap maps\n"
+                 "+ global view (224 x 448)", PIXELS),
     "backbone": Box(7.3, 8.2, 2.6, 1.3, "Frozen backbone",
-                    "nss | dinov2 | nss+dinov2\nV + 1 calls per image\n(+ augmented views)", PIXELS),
+                    "nss | dinov2 | nss+dinov2\n"
+                    "V + 1 calls per image\n"
+                    "(+ augmented views)", PIXELS),
     "cache": Box(10.55, 8.2, 3.1, 1.3, "FeatureCache (safetensors)",
-                 "viewport (V, D), global (D,), entropy (V,)\nSSIM (V, V), thumbnail, MOS\nkeyed by fingerprint + backbone + grid", CACHE),
+                 "viewport (V, D), global (D,), entropy (V,)\n"
+                 "SSIM (V, V), thumbnail, MOS\n"
+                 "keyed by fingerprint + backbone + grid", CACHE),
     "env": Box(10.55, 5.3, 3.1, 1.55, "Panorama360Env-v0",
-               "obs: global, candidates, history,\nvisited, step, path (standardised)\nr_t = step terms; end: set reward\ninfo at path end: path features", RL),
+               "obs: global, candidates, history,\n"
+               "visited, step, path (standardised)\n"
+               "r_t = step terms; end: set reward\n"
+               "info at path end: path features", RL),
     "policy": Box(6.2, 5.3, 3.3, 1.55, "ScanpathPolicy (SB3 PPO)",
-                  "ScanpathExtractor: GRU over path -> h\nlogit_j = vᵀ tanh(W_h h + W_g g + W_f f_j + b)\nvisited masked; value MLP on [h; g]", RL),
+                  "ScanpathExtractor: GRU over path -> h\n"
+                  "logit_j = vᵀ tanh(W_h h + W_g g + W_f f_j + b)\n"
+                  "visited masked; value MLP on [h; g]", RL),
     "wrapper": Box(10.55, 2.45, 3.1, 1.4, "AssessorRewardVecWrapper",
-                   "at each path end:\nw_mse(t)·(−(q̂ − q)²) + w_rank(t)·rank\nweights ramp 0 -> 2", ASSESS),
+                   "at each path end:\n"
+                   "w_mse(t)·(−(q̂ − q)²) + w_rank(t)·rank\n"
+                   "weights ramp 0 -> 2", ASSESS),
     "assessor": Box(6.2, 2.45, 3.3, 1.4, "QualityAssessor",
-                    "attention pooling over the path's\nL = T + 1 features, conditioned on g\nsigmoid score on the 0–1 MOS scale", ASSESS),
+                    "attention pooling over the path's\n"
+                    "L = T + 1 features, conditioned on g\n"
+                    "sigmoid score on the 0–1 MOS scale", ASSESS),
     "trainer": Box(2.0, 2.45, 2.7, 1.4, "CoTrainingCallback",
-                   "after each rollout: AssessorTrainer\non policy + random paths (5 losses);\nanneals ent_coef 0.02 -> 0.005", ASSESS),
+                   "after each rollout: AssessorTrainer\n"
+                   "on policy + random paths (5 losses);\n"
+                   "anneals ent_coef 0.02 -> 0.005", ASSESS),
     "metrics": Box(2.0, 5.3, 2.7, 1.55, "Evaluation",
-                   "run_agent: K paths per image\nscore = mean of K, std = spread\nSRCC, KRCC; PLCC, RMSE\nafter 4-param logistic", METRIC),
+                   "run_agent: K paths per image\n"
+                   "score = mean of K, std = spread\n"
+                   "SRCC, KRCC; PLCC, RMSE\n"
+                   "after 4-param logistic", METRIC),
 }
 
 #: (from box, (fx, fy), to box, (fx, fy), label, label offset (dx, dy), connection style).
@@ -73,10 +94,12 @@ ARROWS = (
     ("erp", (1, 0), "views", (-1, 0), "", (0, 0), "arc3"),
     ("views", (1, 0), "backbone", (-1, 0), "", (0, 0), "arc3"),
     ("backbone", (1, 0), "cache", (-1, 0), "", (0, 0), "arc3"),
-    ("cache", (0, -1), "env", (0, 1), "table look-ups\n(no pixels in step)", (0.95, 0.05), "arc3"),
+    ("cache", (0, -1), "env", (0, 1), "table look-ups\n(no pixels in step)", (0.95, 0.05),
+     "arc3"),
     ("env", (-1, 0.3), "policy", (1, 0.3), "observation", (0, 0.28), "arc3"),
     ("policy", (1, -0.3), "env", (-1, -0.3), "action", (0, -0.28), "arc3"),
-    ("env", (0, -1), "wrapper", (0, 1), "info at path end:\npath_features, mos", (0.9, 0.0), "arc3"),
+    ("env", (0, -1), "wrapper", (0, 1), "info at path end:\npath_features, mos", (0.9, 0.0),
+     "arc3"),
     ("wrapper", (-1, 0.25), "assessor", (1, 0.25), "path", (0, 0.2), "arc3"),
     ("assessor", (1, -0.35), "wrapper", (-1, -0.35), "q̂", (0, -0.2), "arc3"),
     ("wrapper", (-0.75, 1), "policy", (0.7, -1), "reward + task reward\n(PPO rollout buffer)",
@@ -133,7 +156,8 @@ def make_figure(out: Path, dpi: int = 110) -> Path:
 
     # Stage bands with their names, behind the boxes.
     bands = ((7.35, 9.05, "offline, once per dataset: rl-scaniqa cache / prepare_feature_cache"),
-             (1.55, 6.25, "training and evaluation: experiments/run_ppo.py (agents.cotrain, agents.evaluation)"))
+             (1.55, 6.25, "training and evaluation: experiments/run_ppo.py "
+                          "(agents.cotrain, agents.evaluation)"))
     for low, high, name in bands:
         axis.add_patch(FancyBboxPatch((0.05, low), 12.3, high - low,
                                       boxstyle="round,pad=0.02,rounding_size=0.15",

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from rl_scaniqa.envs.geometry import ViewportGrid, extract_viewports
+from rl_scaniqa.envs.io_utils import json_line
 
 
 def _time_ms(function: Callable[[], Any]) -> tuple[float, Any]:
@@ -311,16 +312,129 @@ def bench_score(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _train_options(parser: argparse.ArgumentParser) -> None:
+    from rl_scaniqa.agents.cotrain import PPOSettings
+
+    # Rollout and update sizes default to the co-training run's, so the bench measures them.
+    ppo = PPOSettings()
+    parser.add_argument("--dim", type=_positive_int, default=384,
+                        help="feature dimension D (DINOv2-S: 384)")
+    parser.add_argument("--n-envs", type=_positive_int, default=ppo.n_envs, help="DummyVecEnv envs")
+    parser.add_argument("--n-steps", type=_positive_int, default=ppo.n_steps,
+                        help="PPO n_steps per env")
+    parser.add_argument("--batch-size", type=_positive_int, default=ppo.batch_size,
+                        help="PPO minibatch size")
+    parser.add_argument("--n-epochs", type=_positive_int, default=ppo.n_epochs, help="PPO epochs")
+    parser.add_argument("--rollouts", type=_positive_int, default=None,
+                        help="rollouts (each with its update) per round (default 4, --quick 2)")
+    parser.add_argument("--torch-threads", type=_positive_int, default=None,
+                        help="torch CPU threads for both runs (default: torch's, as SB3 leaves it)")
+
+
+def bench_train(args: argparse.Namespace) -> dict[str, Any]:
+    """PPO throughput of the scanpath policy on Panorama360Env against SB3 PPO on CartPole-v1."""
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from rl_scaniqa.agents import ScanpathPolicy
+    from rl_scaniqa.envs import ENV_ID
+    from rl_scaniqa.envs.defaults import random_feature_cache
+
+    if args.torch_threads is not None:
+        torch.set_num_threads(args.torch_threads)
+    # A random cache with real shapes (64 images, 8 x 4 grid, D features) and the env's default
+    # K = 15, T = 7: throughput depends on the shapes, not on the values.
+    cache = random_feature_cache(64, dim=args.dim, seed=0)
+
+    def panorama() -> gym.Env:
+        # Through gym.make like CartPole below, so both carry Gymnasium's default wrappers.
+        return gym.make(ENV_ID, feature_cache=cache, split="all", progress=False)
+
+    class VisitedOnly(BaseFeaturesExtractor):
+        """Reads only the visited flags: a policy with next to no work, for the floor run."""
+
+        def __init__(self, observation_space: gym.spaces.Dict) -> None:
+            n_viewports = observation_space["visited"].shape[0]
+            super().__init__(observation_space, features_dim=n_viewports)
+            self.linear = torch.nn.Linear(n_viewports, n_viewports)
+
+        def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self.linear(observations["visited"])
+
+    settings = dict(n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs,
+                    seed=0, device="cpu", verbose=0)
+    models = {
+        "ours": PPO(ScanpathPolicy, DummyVecEnv([panorama] * args.n_envs), **settings),
+        "cartpole": PPO("MlpPolicy", DummyVecEnv([lambda: gym.make("CartPole-v1")] * args.n_envs),
+                        **settings),
+        # SB3's stock policy on the same env: what an agent gets without our policy.
+        "multiinput": PPO("MultiInputPolicy", DummyVecEnv([panorama] * args.n_envs), **settings),
+        # The floor: env steps and SB3's buffers moving this observation, almost no policy work.
+        "floor": PPO("MultiInputPolicy", DummyVecEnv([panorama] * args.n_envs),
+                     policy_kwargs={"features_extractor_class": VisitedOnly}, **settings),
+    }
+    steps_per_rollout = args.n_envs * args.n_steps
+    rollouts = args.rollouts or (2 if args.quick else 4)
+    # Wall time of learn() and, inside it, of PPO.train (the updates; the rest is the rollout).
+    learn_ms = {name: 0.0 for name in models}
+    update_ms = {name: 0.0 for name in models}
+    runs = []
+    for name, model in models.items():
+        model.learn(steps_per_rollout)  # warm-up: first allocations, the env's first resets
+        update = model.train
+
+        def timed_update(update: Callable[[], None] = update, name: str = name) -> None:
+            update_ms[name] += _time_ms(update)[0]
+
+        def timed_learn(model: PPO = model, name: str = name) -> None:
+            learn_ms[name] += _time_ms(
+                lambda: model.learn(rollouts * steps_per_rollout, reset_num_timesteps=False))[0]
+
+        model.train = timed_update  # type: ignore[method-assign]
+        runs.append(timed_learn)
+
+    rounds = _repeats(args, full=3, quick=2)
+    medians = _interleaved_median_ms(runs, [1] * len(runs), rounds)
+    per_s = {name: rollouts * steps_per_rollout / (ms / 1000.0)
+             for name, (ms, _) in zip(models, medians)}
+    ratio = per_s["ours"] / per_s["cartpole"]
+    return {
+        "benchmark": "train",
+        "ppo_steps_per_s": round(per_s["ours"], 1),
+        "cartpole_ppo_steps_per_s": round(per_s["cartpole"], 1),
+        "ratio": round(ratio, 3),
+        "multiinput_ppo_steps_per_s": round(per_s["multiinput"], 1),
+        "floor_steps_per_s": round(per_s["floor"], 1),
+        "floor_ratio": round(per_s["floor"] / per_s["cartpole"], 3),
+        "update_share": {name: round(update_ms[name] / learn_ms[name], 3) for name in models},
+        "dim": args.dim,
+        "n_envs": args.n_envs,
+        "n_steps": args.n_steps,
+        "batch_size": args.batch_size,
+        "n_epochs": args.n_epochs,
+        "steps_per_round": rollouts * steps_per_rollout,
+        "rounds": rounds,
+        "torch_threads": torch.get_num_threads(),
+        "target": {"ratio": 0.5},
+        "meets_target": bool(ratio >= 0.5),
+    }
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "projection": bench_projection,
     "env": bench_env,
     "score": bench_score,
+    "train": bench_train,
 }
 
 BENCHMARK_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "projection": _projection_options,
     "env": _env_options,
     "score": _score_options,
+    "train": _train_options,
 }
 
 
@@ -357,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     result = BENCHMARKS[args.benchmark](args)
     if args.json:
-        print(json.dumps(result, sort_keys=False))
+        print(json_line(result))
     else:
         _print_table(args.benchmark, result)
     return 0

@@ -67,7 +67,7 @@ from rl_scaniqa.envs.datasets import load_dataset, repeated_splits
 from rl_scaniqa.envs.defaults import prepare_feature_cache
 from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
 from rl_scaniqa.envs.geometry import ViewportGrid
-from rl_scaniqa.envs.io_utils import atomic_write_json, atomic_write_text
+from rl_scaniqa.envs.io_utils import atomic_path, atomic_write_json, atomic_write_text
 from rl_scaniqa.envs.progress import ProgressHandle, progress_bar
 
 PROTOCOLS = ("in-dataset", "cross-dataset", "cross-distortion", "ablation")
@@ -95,6 +95,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
                                              "loss_cross_rank": 0.0}},
 }
 FULL = f"{RL} (full)"
+#: Paths per image drawn in the scanpath figure.
+PANEL_PATHS = 3
 
 #: The paper's published SRCC / PLCC (DINOv2 ViT-S/14 features; DESIGN.md, "Published numbers").
 PUBLISHED_IN_DATASET = {"jufe": (0.816, 0.902), "oiqa": (0.941, 0.967), "cviqd": (0.970, 0.970)}
@@ -284,7 +286,7 @@ def reference_tasks(source: Source, args: Args,
         train, test = np.asarray(split.train), np.asarray(split.test)
         if select is not None:
             train, test = select(cache, train, test)
-        tasks.append(Task(index=k, label=f"split {k + 1}/{args.splits}", seed=args.settings.seed + k,
+        tasks.append(Task(index=k, label=f"split {k + 1}", seed=args.settings.seed + k,
                           train=cache.subset(train), test=cache.subset(test), human=source.human,
                           info={"split_seed": split.seed, "train_refs": list(split.train_refs),
                                 "test_refs": list(split.test_refs)}))
@@ -313,7 +315,7 @@ def build_tasks(args: Args) -> tuple[list[Task], dict[str, Any]]:
             raise ValueError(f"cross-dataset needs the same features on both sides: {args.train} has "
                              f"{train.cache.backbone} (D={train.cache.dim}), {args.test} has "
                              f"{test.cache.backbone} (D={test.cache.dim})")
-        tasks = [Task(index=k, label=f"seed {k + 1}/{args.splits}", seed=args.settings.seed + k,
+        tasks = [Task(index=k, label=f"seed {k + 1}", seed=args.settings.seed + k,
                       train=train.cache, test=test.cache, human=test.human, info={})
                  for k in range(args.splits)]
         return tasks, {"train": args.train, "test": args.test, "cache": test.cache,
@@ -429,6 +431,15 @@ def evaluate_svr(task: Task) -> dict[str, Any]:
             "best_params": model.best_params}
 
 
+def visit_frequencies(evaluations: Mapping[str, AgentEvaluation], n_viewports: int) -> dict[str, list[float]]:
+    """Per method: how often each viewport is chosen (fraction of all actions; starts are not chosen)."""
+    result = {}
+    for name, evaluation in evaluations.items():
+        counts = np.bincount(evaluation.scanpaths.paths[..., 1:].ravel(), minlength=n_viewports)
+        result[name] = (counts / counts.sum()).tolist()
+    return result
+
+
 def panel_record(task: Task, evaluations: Mapping[str, AgentEvaluation]) -> dict[str, Any]:
     """Paths of the highest- and lowest-MOS test images for the scanpath figure."""
     order = np.argsort(task.test.mos, kind="stable")
@@ -465,7 +476,10 @@ def methods_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str,
         k_curve[RANDOM][str(k)] = metrics_of(evaluate_paths(RandomPathAgent(task.seed), run,
                                                             settings, task, everything, k))
     shown = {name: evaluations[name] for name in (RL, ENTROPY, RANDOM, HUMAN) if name in evaluations}
+    visited = {name: evaluations[name] for name in (RL, RANDOM, EQUATOR, ENTROPY, HUMAN)
+               if name in evaluations}
     return {"methods": methods, "k_curve": k_curve, "panels": panel_record(task, shown),
+            "visits": visit_frequencies(visited, task.test.grid.n_viewports),
             "timesteps": int(run.ppo.num_timesteps)}
 
 
@@ -510,7 +524,9 @@ def ablation_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str
         t_curve[RL][str(t)] = metrics_of(evaluate_paths(run.ppo.policy, run, settings, task,
                                                         everything, args.eval_paths))
     return {"methods": methods, "k_curve": k_curve, "t_curve": t_curve,
-            "panels": panel_record(task, evaluations), "timesteps": int(full.ppo.num_timesteps)}
+            "panels": panel_record(task, evaluations),
+            "visits": visit_frequencies(evaluations, task.test.grid.n_viewports),
+            "timesteps": int(full.ppo.num_timesteps)}
 
 
 def trainings_per_task(args: Args) -> int:
@@ -655,6 +671,13 @@ def write_figures(out: Path, tasks: Sequence[Mapping[str, Any]], summary: Mappin
                    out / "srcc_vs_t.png", xlabel="T (steps per path)", ylabel="SRCC",
                    title="Accuracy vs path length (a model per T)")
         names.append("srcc_vs_t.png")
+    with_visits = [task["visits"] for task in tasks if "visits" in task]
+    if with_visits:
+        plot_visits({name: np.mean([visits[name] for visits in with_visits], axis=0)
+                     for name in with_visits[0]}, test_cache.grid, out / "viewport_visits.png",
+                    title=f"Where the agents look: fraction of actions per viewport "
+                          f"(mean over {len(with_visits)} task(s))")
+        names.append("viewport_visits.png")
     panels = tasks[0].get("panels")
     if panels:
         methods = list(panels["paths"])
@@ -664,14 +687,37 @@ def write_figures(out: Path, tasks: Sequence[Mapping[str, Any]], summary: Mappin
             quality = "highest MOS" if row == 0 else "lowest MOS"
             for method in methods:
                 thumbnails.append(test_cache.thumbnails[lookup[image_id]])
-                paths.append(np.asarray(panels["paths"][method][row]))
-                titles.append(f"{method} — {quality}: {image_id} (MOS {mos:.2f}, "
+                # A few paths stay readable; all K drawn together cover the whole panorama.
+                paths.append(np.asarray(panels["paths"][method][row])[:PANEL_PATHS])
+                titles.append(f"{method}\n{quality}: {Path(image_id).name} (MOS {mos:.2f}, "
                               f"pred {panels['predicted'][method][row]:.2f})")
         plot_scanpath_panels(thumbnails, paths, test_cache.grid, titles, out / "scanpaths.png",
-                             columns=len(methods), suptitle="Scanpaths on the first task's "
-                             "highest- and lowest-quality test images")
+                             columns=len(methods), suptitle=f"First {PANEL_PATHS} scanpaths on the "
+                             "first task's highest- and lowest-MOS test images")
         names.append("scanpaths.png")
     return names
+
+
+def plot_visits(frequencies: Mapping[str, np.ndarray], grid: ViewportGrid, path: Path, *,
+                title: str) -> None:
+    """One n_lat x n_lon heat map per method (rows top to bottom = pitch +90 to -90)."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(frequencies), figsize=(3.2 * len(frequencies), 2.2),
+                                squeeze=False)
+    high = max(float(np.max(values)) for values in frequencies.values())
+    for axis, (name, values) in zip(axes[0], frequencies.items()):
+        image = axis.imshow(np.asarray(values).reshape(grid.n_lat, grid.n_lon), cmap="viridis",
+                            vmin=0.0, vmax=high, extent=(-180, 180, -90, 90), aspect="auto")
+        axis.set_title(name, fontsize=8)
+        axis.set_xlabel("yaw (°)", fontsize=7)
+        axis.set_ylabel("pitch (°)", fontsize=7)
+        axis.tick_params(labelsize=6)
+    figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    figure.suptitle(title, fontsize=9, y=1.08)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    plt.close(figure)
 
 
 def report_text(args: Args, data: Mapping[str, Any], document: Mapping[str, Any],
@@ -804,7 +850,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           f"{RL} SRCC {best['srcc']:.3f}")
     if not summary:
         raise RuntimeError("no task produced results")
-    console.print((out / REPORT_NAME).read_text(), markup=False, highlight=False)
+    console.print((out / REPORT_NAME).read_text(), markup=False, highlight=False, soft_wrap=True)
     result = json_summary(summary)
     print(json.dumps(result) if args.json else f"report: {out / REPORT_NAME}")
     return result

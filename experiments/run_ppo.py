@@ -31,18 +31,18 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from rl_scaniqa.agents.cotrain import CoTrainRun, CoTrainSettings, setup_cotraining, to_model
+from rl_scaniqa.agents.cotrain import (CoTrainRun, CoTrainSettings, setup_cotraining, to_model,
+                                       warm_up_assessor)
 from rl_scaniqa.agents.evaluation import SeededPolicyAgent, run_agent, score_scanpaths
 from rl_scaniqa.assessor.metrics import evaluate
 from rl_scaniqa.assessor.reporting import (markdown_table, plot_prediction_scatter,
                                            plot_scanpath_panels)
-from rl_scaniqa.envs.arguments import build_dataclass, parse_dataclass
+from rl_scaniqa.envs.arguments import build_dataclass, key_values, parse_dataclass
 from rl_scaniqa.envs.datasets.splits import split_by_reference
 from rl_scaniqa.envs.defaults import prepare_feature_cache
 from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
 from rl_scaniqa.envs.geometry import ViewportGrid
-from rl_scaniqa.envs.io_utils import atomic_path, atomic_write_json, atomic_write_text
-from rl_scaniqa.envs.progress import progress_bar
+from rl_scaniqa.envs.io_utils import atomic_path, atomic_write_json, atomic_write_text, json_line
 
 CHECKPOINT_DIR = "checkpoint"
 PROGRESS_NAME = "progress.json"
@@ -96,30 +96,13 @@ DOCS = {
     "settings.total_timesteps": "PPO environment steps",
 }
 
+#: Values ``--quick`` switches on (explicit options and ``--config`` still win).
 QUICK_OVERRIDES: dict[str, Any] = {
     "eval_paths": 5, "validate_every": 5, "checkpoint_every": 5,
     "settings": {"total_timesteps": 6_000, "n_paths": 5,
                  "ppo": {"n_envs": 4, "n_steps": 70, "batch_size": 140, "n_epochs": 2},
                  "assessor": {"warmup_steps": 100, "steps_per_rollout": 10}},
 }
-
-
-def apply_mode(args: Args) -> Args:
-    """Apply ``--quick`` overrides (values given explicitly elsewhere are kept as they are)."""
-    if not args.quick:
-        return args
-    values = asdict(args)
-    defaults = asdict(Args())
-
-    def merge(current: dict[str, Any], default: dict[str, Any], overrides: dict[str, Any]) -> None:
-        for key, value in overrides.items():
-            if isinstance(value, dict):
-                merge(current[key], default[key], value)
-            elif current[key] == default[key]:
-                current[key] = value
-
-    merge(values, defaults, QUICK_OVERRIDES)
-    return build_dataclass(Args, values)
 
 
 # ----------------------------------------------------------------------------- data
@@ -137,7 +120,7 @@ class Data:
 
 def load_data(args: Args) -> Data:
     grid = ViewportGrid(n_lon=args.n_lon, n_lat=args.n_lat, fov_deg=args.fov, size=args.size)
-    options = dict(item.split("=", 1) for item in args.dataset_options.split(",") if item)
+    options = key_values(args.dataset_options)
     cache = prepare_feature_cache(
         args.dataset, args.root or None, backbone=args.backbone, grid=grid,
         augmentations=tuple(a for a in args.augmentations.split(",") if a),
@@ -329,14 +312,13 @@ def write_outputs(out: Path, args: Args, data: Data, result: dict[str, Any],
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_dataclass(Args, __doc__.splitlines()[1], argv, DOCS)
+    args = parse_dataclass(Args, __doc__.splitlines()[1], argv, DOCS, {"quick": QUICK_OVERRIDES})
     out = Path(args.resume or args.out)
     if args.resume:
         saved = json.loads((out / "config.json").read_text())
         args = build_dataclass(Args, {**saved, "resume": args.resume, "json": args.json,
                                       "progress": args.progress})
     else:
-        args = apply_mode(args)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", asdict(args))
     console = Console(stderr=True, quiet=not args.progress)
@@ -370,12 +352,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         done = restore_checkpoint(run, out)
         console.print(f"[bold]resume[/]: {done} of {settings.total_timesteps} steps done")
     else:
-        with progress_bar("assessor warm-up", settings.assessor.warmup_steps, unit="step",
-                          enabled=args.progress) as bar:
-            for _ in range(settings.assessor.warmup_steps):
-                losses = run.trainer.train_steps(1)
-                bar.advance()
-            bar.describe(f"assessor warm-up (loss {losses.get('total', float('nan')):.4f})")
+        warm_up_assessor(run, settings.assessor.warmup_steps, progress=args.progress)
     remaining = settings.total_timesteps - done
     if remaining > 0:
         display.start_steps = done
@@ -396,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                               "ms_per_image", "wall_seconds")}
     summary["out"] = str(out)
     console.print((out / "results.md").read_text())
-    print(json.dumps(summary) if args.json else f"results: {out / 'results.json'}")
+    print(json_line(summary) if args.json else f"results: {out / 'results.json'}")
     return summary
 
 

@@ -334,9 +334,13 @@ def write_outputs(out: Path, args: Args, data: SweepData, rows: list[dict[str, A
 
 def run_sweep(args: Args, data: SweepData, out: Path) -> list[dict[str, Any]]:
     """Run the trials on the Ray cluster that ``ray.init`` connected to; rows best first."""
-    from ray import tune
+    from ray import cloudpickle, tune
     from ray.tune.schedulers import ASHAScheduler
 
+    if __name__ != "__main__":
+        # Imported from a path Ray workers cannot import (a test, a notebook): ship the trial
+        # function's module by value instead of by name.
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
     max_t = expected_validations(args)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
                               grace_period=min(args.grace_period, max_t),

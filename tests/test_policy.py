@@ -334,6 +334,5 @@ def test_attention_learns_to_pick_the_marked_candidate():
     before = hit_rate()
     model.learn(3000)
     after = hit_rate()
-    print(before, after)
     assert before < 0.3  # chance is 1/7 over the unvisited candidates
     assert after > 0.8, (before, after)
