@@ -1,4 +1,6 @@
 # The README's two commands are `make demo` and `make test`; both create .venv on first use.
+# The venv has the dev extra (pytest, py360convert) and the sweep extra (Ray Tune): CI runs a
+# tiny reward sweep on local Ray.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,sweep]"
 	touch $(STAMP)
 
 test: venv

@@ -92,9 +92,10 @@ class PPOSettings:
     ent_coef_start: float = 0.02
     ent_coef_end: float = 0.005
     max_grad_norm: float = 1.0
-    embed_dim: int = 64
-    hidden_dim: int = 64
-    attention_dim: int = 64
+    # Width 32 measured ~25% faster than 64 (rollouts dominate) with the same learning curve.
+    embed_dim: int = 32
+    hidden_dim: int = 32
+    attention_dim: int = 32
 
 
 @dataclass

@@ -494,8 +494,22 @@ def _parts_dir(path: Path) -> Path:
 
 def _run_backbone(backbone: Backbone, images: np.ndarray, name: str, what: str) -> np.ndarray:
     """Backbone features of ``images``, checked for shape and finiteness (errors name the image)."""
-    features = np.asarray(backbone(images), dtype=np.float32)
-    expected = (images.shape[0], backbone.dim)
+    return _check_features(backbone, backbone(images), name, what)
+
+
+def _run_global(backbone: Backbone, projected: ProjectedImage, name: str, what: str) -> np.ndarray:
+    """The global descriptor (D,): :meth:`Backbone.global_features` of the native ERP when the
+    projection kept it (codec block grids exist only there), else of the global view."""
+    if projected.erp is not None:
+        features = backbone.global_features(projected.erp, projected.global_view.shape[0])
+    else:
+        features = backbone(projected.global_view[None])[0]
+    return _check_features(backbone, np.asarray(features)[None], name, what)[0]
+
+
+def _check_features(backbone: Backbone, features: np.ndarray, name: str, what: str) -> np.ndarray:
+    features = np.asarray(features, dtype=np.float32)
+    expected = (features.shape[0], backbone.dim)
     if features.shape != expected:
         raise CacheError(f"{name}: backbone {backbone.name} returned features of shape "
                          f"{features.shape} for the {what}, expected {expected}")
@@ -512,11 +526,14 @@ class ProjectedImage:
         viewports: ``uint8 (V, S, S, 3)``, :func:`extract_viewports` on the grid.
         global_view: ``uint8 (S, 2S, 3)``, :func:`global_view`, input of the global descriptor.
         thumbnail: ``uint8 (128, 256, 3)`` (``cv2.INTER_AREA``), for rendering only.
+        erp: the native ERP itself (a reference, not a copy), for :meth:`Backbone.global_features`;
+            None falls back to embedding ``global_view``.
     """
 
     viewports: np.ndarray
     global_view: np.ndarray
     thumbnail: np.ndarray
+    erp: np.ndarray | None = None
 
 
 def project_image(erp: np.ndarray, grid: ViewportGrid) -> ProjectedImage:
@@ -525,7 +542,7 @@ def project_image(erp: np.ndarray, grid: ViewportGrid) -> ProjectedImage:
     Only OpenCV resampling, which releases the GIL: the scorer runs it in its reader thread.
     """
     return ProjectedImage(viewports=extract_viewports(erp, grid), global_view=global_view(erp, grid.size),
-                          thumbnail=cv2.resize(erp, THUMBNAIL_SHAPE[::-1], interpolation=cv2.INTER_AREA))
+                          thumbnail=cv2.resize(erp, THUMBNAIL_SHAPE[::-1], interpolation=cv2.INTER_AREA), erp=erp)
 
 
 def encode_projected(projected: ProjectedImage, backbone: Backbone, name: str = "<array>") -> dict[str, np.ndarray]:
@@ -545,7 +562,7 @@ def encode_projected(projected: ProjectedImage, backbone: Backbone, name: str = 
     viewports = projected.viewports
     return {
         "viewport_features": _run_backbone(backbone, viewports, name, "viewports (clean)"),
-        "global_features": _run_backbone(backbone, projected.global_view[None], name, "global view (clean)")[0],
+        "global_features": _run_global(backbone, projected, name, "global view (clean)"),
         "entropy": grey_entropy(viewports).astype(np.float32),
         "ssim": ssim_matrix(grey_viewports(viewports)),
         "thumbnails": projected.thumbnail,
@@ -560,7 +577,7 @@ def _encode(image: np.ndarray, backbone: Backbone, grid: ViewportGrid, record: P
     """
     name = str(record.path)
     local = _run_backbone(backbone, extract_viewports(image, grid), name, f"viewports ({view})")
-    overall = _run_backbone(backbone, global_view(image, grid.size)[None], name, f"global view ({view})")
+    overall = _check_features(backbone, backbone.global_features(image, grid.size)[None], name, f"global view ({view})")
     return local, overall[0]
 
 

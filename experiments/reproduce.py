@@ -441,15 +441,23 @@ def visit_frequencies(evaluations: Mapping[str, AgentEvaluation], n_viewports: i
 
 
 def panel_record(task: Task, evaluations: Mapping[str, AgentEvaluation]) -> dict[str, Any]:
-    """Paths of the highest- and lowest-MOS test images for the scanpath figure."""
+    """Paths of the highest- and lowest-MOS test images for the scanpath figure.
+
+    Methods evaluated on a subset of the test images (human scanpaths) are drawn only when
+    both images are in their subset.
+    """
     order = np.argsort(task.test.mos, kind="stable")
     chosen = [int(order[-1]), int(order[0])]
+    predicted: dict[str, list[float]] = {}
+    paths: dict[str, list[list[list[int]]]] = {}
+    for name, evaluation in evaluations.items():
+        rows = {int(image): row for row, image in enumerate(evaluation.scanpaths.image_indices)}
+        if all(image in rows for image in chosen):
+            predicted[name] = [float(evaluation.predicted[rows[image]]) for image in chosen]
+            paths[name] = [evaluation.scanpaths.paths[rows[image]].tolist() for image in chosen]
     return {"images": chosen, "image_ids": [task.test.image_ids[i] for i in chosen],
-            "mos": [float(task.test.mos[i]) for i in chosen],
-            "predicted": {name: [float(e.predicted[i]) for i in chosen]
-                          for name, e in evaluations.items()},
-            "paths": {name: [e.scanpaths.paths[i].tolist() for i in chosen]
-                      for name, e in evaluations.items()}}
+            "mos": [float(task.test.mos[i]) for i in chosen], "predicted": predicted,
+            "paths": paths}
 
 
 def methods_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str, Any]:

@@ -39,9 +39,9 @@ def nss() -> NSSBackbone:
 
 def test_nss_shape_name_and_names(nss):
     features = nss(np.stack([_textured(seed=s) for s in range(3)]))
-    assert nss.name == "nss-v1" and nss.device == "cpu"
+    assert nss.name == "nss-v2" and nss.device == "cpu"
     assert features.shape == (3, nss.dim) and features.dtype == np.float32
-    assert nss.dim == len(nss.feature_names) == 45
+    assert nss.dim == len(nss.feature_names) == 86
     assert len(set(nss.feature_names)) == nss.dim
 
 
@@ -75,8 +75,8 @@ def test_nss_is_independent_of_batching_and_deterministic(nss):
 
 
 def test_nss_accepts_non_square_and_empty_batches(nss):
-    assert nss(np.stack([_textured(64)[:, :48]] * 2)).shape == (2, 45)
-    assert nss(np.zeros((0, 8, 8, 3), np.uint8)).shape == (0, 45)
+    assert nss(np.stack([_textured(64)[:, :48]] * 2)).shape == (2, nss.dim)
+    assert nss(np.zeros((0, 8, 8, 3), np.uint8)).shape == (0, nss.dim)
 
 
 def test_nss_responds_to_distortions_in_the_expected_direction(nss):
@@ -171,9 +171,12 @@ def test_grey_entropy_known_values():
 def test_make_backbone_nss_specs_round_trip():
     backbone = make_backbone("nss", batch_size=4)
     assert isinstance(backbone, NSSBackbone) and backbone.batch_size == 4
-    assert make_backbone(backbone.name).name == "nss-v1"
+    assert make_backbone(backbone.name).name == "nss-v2"
     with pytest.raises(ValueError, match="nss-v0.*rebuild the feature cache"):
         make_backbone("nss-v0")
+    # Caches built with the first definition must be rebuilt, not silently mixed.
+    with pytest.raises(ValueError, match="nss-v1.*computes nss-v2.*rebuild the feature cache"):
+        make_backbone("nss-v1")
     with pytest.raises(ValueError, match="unknown backbone 'resnet'"):
         make_backbone("resnet")
     with pytest.raises(ValueError, match="unknown backbone"):
@@ -271,11 +274,88 @@ def test_dinov2_rejects_other_model_types(tmp_path):
 def test_fusion_concatenates_parts(tiny_dinov2, nss):
     fusion = make_backbone(f"nss+dinov2:{tiny_dinov2}", device="cpu")
     assert isinstance(fusion, FusionBackbone)
-    assert fusion.name == f"nss-v1+dinov2-cls:{tiny_dinov2.resolve()}"
-    assert fusion.dim == 45 + 32
+    assert fusion.name == f"nss-v2+dinov2-cls:{tiny_dinov2.resolve()}"
+    assert fusion.dim == nss.dim + 32
     images = np.stack([_textured(56, seed=s) for s in range(2)])
     dino = DinoV2Backbone(str(tiny_dinov2), device="cpu")
     np.testing.assert_allclose(fusion(images), np.concatenate([nss(images), dino(images)], axis=1), rtol=1e-5)
     assert make_backbone(fusion.name, device="cpu").name == fusion.name
     with pytest.raises(ValueError, match="at least two"):
         FusionBackbone([nss])
+
+
+# ------------------------------------------------------------------------------ nss-v2 additions
+
+
+def _erp(height: int = 128, seed: int = 0) -> np.ndarray:
+    """A 2:1 textured panorama made of tiled _textured patches (no 8-periodic structure)."""
+    tile = _textured(size=height, seed=seed)
+    return np.ascontiguousarray(np.concatenate([tile, tile[:, ::-1]], axis=1))
+
+
+def _feature(nss, features, name):
+    return features[..., nss.feature_names.index(name)]
+
+
+@pytest.mark.parametrize("shape", [(1, 2), (2, 4), (8, 16), (64, 128)])
+@pytest.mark.parametrize("value", [0, 255])
+def test_nss_global_features_are_finite_on_degenerate_panoramas(nss, shape, value):
+    erp = np.full((*shape, 3), value, np.uint8)
+    features = nss.global_features(erp, 4)
+    assert features.shape == (nss.dim,) and features.dtype == np.float32
+    assert np.isfinite(features).all()
+
+
+def test_panorama_block_is_zero_for_plain_images_and_filled_for_erps(nss):
+    erp = _erp()
+    pano = [i for i, name in enumerate(nss.feature_names) if name.startswith("pano_")]
+    assert len(pano) == 25
+    assert np.all(nss(global_view(erp, 32)[None])[0, pano] == 0)
+    full = nss.global_features(erp, 32)
+    assert np.any(full[pano] != 0)
+    # Everything but the panorama block is the global view's embedding.
+    rest = [i for i in range(nss.dim) if i not in pano]
+    np.testing.assert_allclose(full[rest], nss(global_view(erp, 32)[None])[0, rest], rtol=1e-6)
+
+
+def test_blockiness_responds_to_jpeg_at_native_resolution(nss):
+    erp = _erp(256)
+    ok, buffer = cv2.imencode(".jpg", erp, [cv2.IMWRITE_JPEG_QUALITY, 15])
+    assert ok
+    jpeg = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    clean, coded = nss.global_features(erp, 32), nss.global_features(jpeg, 32)
+    for name in ("pano_block_h", "pano_block_v", "pano_block_tile_median"):
+        assert _feature(nss, coded, name) > _feature(nss, clean, name) + 0.1, name
+    # A crop that shifts the grid by 3 pixels keeps it detectable (the phase is searched).
+    shifted = np.ascontiguousarray(jpeg[:, 3:-5])
+    assert _feature(nss, nss.global_features(shifted, 32), "pano_block_h") > _feature(nss, clean, "pano_block_h") + 0.1
+
+
+def test_band_ratios_fall_with_blur_and_rise_with_noise(nss):
+    image = _textured(size=128)
+    blurred = cv2.GaussianBlur(image, (0, 0), 1.5)
+    noisy = np.clip(image + np.random.default_rng(0).normal(0, 20, image.shape), 0, 255).astype(np.uint8)
+    f = nss(np.stack([image, blurred, noisy]))
+    ratio = _feature(nss, f, "band_ratio_01")
+    assert ratio[1] < ratio[0] - 0.5 < ratio[2] - 0.5
+    assert _feature(nss, f, "band_ratio_12")[1] < _feature(nss, f, "band_ratio_12")[0]
+    assert _feature(nss, f, "noise_rel")[2] > _feature(nss, f, "noise_rel")[0]
+
+
+def test_tile_contrasts_flag_a_local_distortion(nss):
+    erp = _erp(128)
+    local = erp.copy()
+    # Blur one 45-degree tile near the equator: the tiles' spread of the band ratio grows.
+    local[48:80, 96:128] = cv2.GaussianBlur(erp, (0, 0), 2.0)[48:80, 96:128]
+    clean, damaged = nss.global_features(erp, 32), nss.global_features(local, 32)
+    assert _feature(nss, damaged, "pano_tile_r01_below") > _feature(nss, clean, "pano_tile_r01_below") + 0.3
+
+
+def test_exposure_quantiles_and_clipping(nss):
+    image = _textured(size=64)
+    bright = np.clip(image.astype(np.int32) + 120, 0, 255).astype(np.uint8)
+    f = nss(np.stack([image, bright]))
+    assert _feature(nss, f, "lum_p50")[1] > _feature(nss, f, "lum_p50")[0]
+    assert _feature(nss, f, "rgb_clip_high")[1] > _feature(nss, f, "rgb_clip_high")[0]
+    quantiles = f[:, [nss.feature_names.index(f"lum_p{q}") for q in (1, 10, 50, 90, 99)]]
+    assert np.all(np.diff(quantiles, axis=1) >= 0)

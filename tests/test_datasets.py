@@ -423,7 +423,7 @@ def test_oiqa_errors(tmp_path: Path) -> None:
         load_oiqa(root)
     label.write_text(original)
     write_image(root / "img2.png")
-    with pytest.raises(DatasetError, match="are both OIQA image img2"):
+    with pytest.raises(DatasetError, match="are both OIQA image number 2"):
         load_oiqa(root)
 
 

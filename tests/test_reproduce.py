@@ -176,3 +176,25 @@ def test_paired_deltas_count_wins(reproduce):
     assert row["wins"] == "1/2"
     assert row["delta"] == pytest.approx(0.025)
     assert row["std"] == pytest.approx(np.std([0.1, -0.05], ddof=1))
+
+
+def test_panels_skip_methods_that_did_not_see_both_images(reproduce):
+    from types import SimpleNamespace
+
+    test = dataclasses.replace(tiny_cache(), mos=np.linspace(1, 5, 30).astype(np.float32))
+    task = reproduce.Task(index=0, label="t", seed=0, train=test, test=test, human={}, info={})
+
+    def evaluation(indices):
+        indices = np.asarray(indices)
+        return SimpleNamespace(predicted=indices / 10.0,
+                               scanpaths=SimpleNamespace(image_indices=indices,
+                                                         paths=np.stack([np.full((2, 3), i) for i in indices])))
+
+    panels = reproduce.panel_record(task, {"all": evaluation(range(30)),
+                                           "subset": evaluation([29, 3, 0]),
+                                           "partial": evaluation([29, 5])})
+    assert panels["images"] == [29, 0]
+    assert set(panels["paths"]) == {"all", "subset"}
+    # Rows of a subset evaluation are looked up by image, not by position.
+    assert panels["paths"]["subset"][1][0] == [0, 0, 0]
+    assert panels["predicted"]["subset"] == [2.9, 0.0]

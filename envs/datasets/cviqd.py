@@ -24,7 +24,7 @@ from rl_scaniqa.envs.datasets.records import (
     PathLike,
     ScoreLine,
     check_all_labelled,
-    files_with_suffix,
+    numbered_images,
     find_label_file,
     parse_score,
     read_name_score_file,
@@ -84,7 +84,8 @@ def load_cviqd(root: PathLike, *, labels: PathLike | None = None) -> list[Panora
         if label_path.suffix.lower() == ".mat"
         else read_name_score_file(label_path)
     )
-    images = _scan_images(folder)
+    images = numbered_images(folder, (".png",), _IMAGE_NAME, "CVIQD",
+                             "NNN.png (001.png ... 544.png)")
 
     labelled: dict[int, ScoreLine] = {}
     for entry in entries:
@@ -119,21 +120,6 @@ def load_cviqd(root: PathLike, *, labels: PathLike | None = None) -> list[Panora
             )
         )
     return records
-
-
-def _scan_images(folder: Path) -> dict[int, Path]:
-    images: dict[int, Path] = {}
-    for path in files_with_suffix(folder, (".png",)):
-        match = _IMAGE_NAME.match(path.stem)
-        if match is None or int(match.group(1)) < 1:
-            raise DatasetError(
-                f"unexpected image {path}: CVIQD images are named NNN.png (001.png ... 544.png)"
-            )
-        index = int(match.group(1))
-        if index in images:
-            raise DatasetError(f"{images[index]} and {path} are both CVIQD image number {index}")
-        images[index] = path
-    return images
 
 
 def _read_cviq_mat(path: Path) -> list[ScoreLine]:

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 from rl_scaniqa.envs.datasets.records import (
     PanoramaRecord,
     PathLike,
     ScoreLine,
     check_all_labelled,
-    files_with_suffix,
+    numbered_images,
     find_label_file,
     read_name_score_file,
     require_directory,
@@ -89,7 +88,8 @@ def load_oiqa(
     layout = _check_layout(group_layout)
     label_path = find_label_file(folder, labels, dataset="OIQA", suffixes=(".txt",))
     image_folder = folder / OIQA_IMAGE_FOLDER if (folder / OIQA_IMAGE_FOLDER).is_dir() else folder
-    images = _scan_images(image_folder)
+    images = numbered_images(image_folder, OIQA_IMAGE_SUFFIXES, _IMAGE_NAME, "OIQA",
+                             "img<N>.jpg or img<N>.png")
 
     labelled: dict[int, ScoreLine] = {}
     for entry in read_name_score_file(label_path):
@@ -146,18 +146,3 @@ def _check_layout(group_layout: Sequence[tuple[str, int]]) -> tuple[tuple[str, i
     if len(set(layout)) != len(layout):
         raise ValueError(f"group_layout lists a (distortion, level) pair twice: {layout!r}")
     return layout
-
-
-def _scan_images(folder: Path) -> dict[int, Path]:
-    images: dict[int, Path] = {}
-    for path in files_with_suffix(folder, OIQA_IMAGE_SUFFIXES):
-        match = _IMAGE_NAME.match(path.stem)
-        if match is None or int(match.group(1)) < 1:
-            raise DatasetError(
-                f"unexpected image {path}: OIQA images are named img<N>.jpg or img<N>.png"
-            )
-        index = int(match.group(1))
-        if index in images:
-            raise DatasetError(f"{images[index]} and {path} are both OIQA image img{index}")
-        images[index] = path
-    return images

@@ -341,6 +341,26 @@ def check_all_labelled(label_path: Path, folder: Path, unlabelled: Sequence[Path
     )
 
 
+def numbered_images(folder: Path, suffixes: Iterable[str], name_pattern: re.Pattern[str],
+                    dataset: str, naming: str) -> dict[int, Path]:
+    """``{number: path}`` of the images in ``folder`` whose stem matches ``name_pattern``.
+
+    The pattern's first group is the image number (>= 1). A file with a wanted suffix but another
+    name, or two files with one number (``001.png`` and ``1.png``), is a ``DatasetError`` that
+    names the files and the expected ``naming``.
+    """
+    images: dict[int, Path] = {}
+    for path in files_with_suffix(folder, suffixes):
+        match = name_pattern.match(path.stem)
+        if match is None or int(match.group(1)) < 1:
+            raise DatasetError(f"unexpected image {path}: {dataset} images are named {naming}")
+        index = int(match.group(1))
+        if index in images:
+            raise DatasetError(f"{images[index]} and {path} are both {dataset} image number {index}")
+        images[index] = path
+    return images
+
+
 def files_with_suffix(folder: Path, suffixes: Iterable[str]) -> list[Path]:
     """Files directly in ``folder`` whose suffix (any case) is in ``suffixes``, sorted."""
     wanted = {suffix.lower() for suffix in suffixes}
