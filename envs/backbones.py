@@ -79,12 +79,16 @@ class Backbone(abc.ABC):
         dim: length of each feature vector.
         device: where the computation runs (``"cpu"`` for NSS).
         batch_size: images per forward pass; ``__call__`` splits larger inputs.
+        parallel_safe: whether copies of the backbone may run in separate processes (the feature
+            cache's parallel build pickles it into spawned workers). False unless a subclass
+            opts in: a GPU model would be loaded once per worker, and not every model pickles.
     """
 
     name: str
     dim: int
     device: str
     batch_size: int
+    parallel_safe: bool = False
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Features of ``images``, uint8 ``(N, H, W, 3)`` RGB of any size -> float32 ``(N, dim)``."""
@@ -488,6 +492,8 @@ class NSSBackbone(Backbone):
 
     VERSION = 2
     feature_names: tuple[str, ...] = _nss_feature_names()
+    # Pure NumPy/OpenCV on the CPU with no model state: cheap to pickle into worker processes.
+    parallel_safe = True
 
     def __init__(self, batch_size: int = 32) -> None:
         if batch_size < 1:
@@ -771,6 +777,7 @@ class FusionBackbone(Backbone):
         self.device = next((part.device for part in self.parts if part.device != "cpu"), "cpu")
         # Parts batch internally; a large outer chunk just avoids re-slicing.
         self.batch_size = max(part.batch_size for part in self.parts)
+        self.parallel_safe = all(part.parallel_safe for part in self.parts)
 
     def _embed(self, images: np.ndarray) -> np.ndarray:
         return np.concatenate([part(images) for part in self.parts], axis=1)

@@ -76,7 +76,7 @@ def run_cache(args: argparse.Namespace) -> int:
     augmentations = tuple(a for a in args.augment.split(",") if a) if args.augment else ()
     path = build_cache(records, backbone, grid, cache_dir, dataset=args.dataset,
                        augmentations=augmentations, chunk_size=args.chunk_size,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, workers=args.workers)
     cache = load_cache(path, expect_backbone=backbone.name, expect_grid=grid)
     summary = {"cache": str(path), "images": len(cache), "backbone": cache.backbone,
                "dim": cache.dim, "grid": grid.key(), "augmentations": list(cache.augmentations)}
@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--augment", default="",
                        help="comma-separated augmented views to cache too, e.g. weak,mild,heavy")
     cache.add_argument("--chunk-size", type=int, default=16, help="images per resumable chunk")
+    cache.add_argument("--workers", type=int, default=None,
+                       help="processes computing chunks (default: one per CPU core; 1 = in-process; "
+                            "DINOv2 backbones always run in-process)")
     cache.add_argument("--cache-dir", default=None, help="default: $RL_SCANIQA_HOME/cache")
     cache.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     cache.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -62,6 +62,18 @@ the same ``chunk_size``), then concatenates them into the final file, written at
 removes the parts folder. A build holds an exclusive ``fcntl`` lock on ``.<file stem>.lock``, so
 concurrent builders of the same cache (vector-env workers, two CLI runs) wait and then reuse it.
 
+Parallel build
+--------------
+Missing chunks are computed by ``workers`` processes (default: one per CPU core, at most one per
+missing chunk), started with ``spawn`` because forking a process whose OpenCV or torch thread
+pools are running can deadlock the child. Each worker computes whole chunks single-threaded and
+writes each chunk file itself, atomically, exactly as the in-process build does; the parent
+validates, tracks progress per finished chunk, merges and holds the lock; workers exit as soon as
+the parent dies, so a killed build leaves no process behind. Results are identical to the
+in-process build. Backbones that are not :attr:`Backbone.parallel_safe` (DINOv2, fusions
+containing it) and builds inside a daemonic process (SB3 ``SubprocVecEnv`` workers, which may not
+start children) run in-process.
+
 SSIM
 ----
 Computed as in Wang et al. (2004) -- Gaussian window sigma 1.5 truncated at radius 5 (11 taps),
@@ -80,11 +92,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
 import re
 import shutil
+import sys
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -757,7 +774,7 @@ def _is_complete(path: Path, key: str, fingerprint: str) -> bool:
 
 def build_cache(records: Sequence[PanoramaRecord], backbone: Backbone, grid: ViewportGrid,
                 cache_dir: str | os.PathLike[str], *, dataset: str, augmentations: Sequence[str] = (),
-                chunk_size: int = 16, progress: bool = True) -> Path:
+                chunk_size: int = 16, progress: bool = True, workers: int | None = None) -> Path:
     """Build (or resume, or reuse) the feature cache of ``records`` and return its path.
 
     A complete file with the same key and fingerprint is returned as it is. Otherwise the images
@@ -766,9 +783,13 @@ def build_cache(records: Sequence[PanoramaRecord], backbone: Backbone, grid: Vie
     the final file (atomically) and the parts folder is removed. The whole build holds a lock
     file ``.<stem>.lock`` beside the cache.
 
+    ``workers`` processes compute the missing chunks (see "Parallel build" in the module
+    docstring): None is ``os.cpu_count()``, and never more than the missing chunks; 1 computes
+    them in this process. Backbones that are not ``parallel_safe`` always run in this process.
+
     Raises:
-        CacheError: no records, unknown augmented view, bad chunk size, or a backbone that
-            returns NaN/inf features (the message names the image).
+        CacheError: no records, unknown augmented view, bad chunk size or worker count, or a
+            backbone that returns NaN/inf features (the message names the image).
         ImageError: an image file is missing, unreadable or not an ERP.
         DatasetError: duplicate image ids or a malformed start direction.
     """
@@ -778,6 +799,8 @@ def build_cache(records: Sequence[PanoramaRecord], backbone: Backbone, grid: Vie
         raise CacheError(f"no images to cache for dataset {dataset!r}")
     if chunk_size < 1:
         raise CacheError(f"chunk_size must be at least 1, got {chunk_size}")
+    if workers is not None and workers < 1:
+        raise CacheError(f"workers must be at least 1 (or None for one per CPU core), got {workers}")
     if min(grid.size, SSIM_RESOLUTION) < 2 * _SSIM_RADIUS + 1:
         raise CacheError(f"grid {grid.key()}: viewports must be at least {2 * _SSIM_RADIUS + 1} px for SSIM")
     fingerprint = dataset_fingerprint(records)
@@ -794,7 +817,7 @@ def build_cache(records: Sequence[PanoramaRecord], backbone: Backbone, grid: Vie
         for leftover in path.parent.glob(f".{path.stem}.*.tmp{path.suffix}"):
             leftover.unlink(missing_ok=True)
         chunks = _build_chunks(records, backbone, grid, views, key, _parts_dir(path), chunk_size, progress,
-                               dataset)
+                               dataset, workers)
         tensors = _merge_chunks(chunks)
         tensors["levels"] = np.asarray([int(r.level) for r in records], dtype=np.int64)
         tensors["mos"] = np.asarray([float(r.mos) for r in records], dtype=np.float32)
@@ -805,26 +828,120 @@ def build_cache(records: Sequence[PanoramaRecord], backbone: Backbone, grid: Vie
     return path
 
 
+@dataclass(frozen=True)
+class _ChunkJob:
+    """One chunk to compute and the build settings it needs; picklable, for pool workers."""
+
+    records: tuple[PanoramaRecord, ...]
+    start: int
+    stop: int
+    path: Path
+    key: str
+    grid: ViewportGrid
+    views: tuple[str, ...]
+
+
+def _write_chunk(job: _ChunkJob, backbone: Backbone, on_image: Callable[[], None]) -> None:
+    """Compute the chunk's arrays and save them atomically to ``job.path`` with their metadata."""
+    arrays = _compute_chunk(job.records, backbone, job.grid, job.views, on_image)
+    metadata = {"format": _CHUNK_FORMAT, "key": job.key, "start": str(job.start), "stop": str(job.stop),
+                "image_ids": json.dumps([_image_id(r) for r in job.records])}
+    with atomic_path(job.path) as tmp:
+        save_file(arrays, str(tmp), metadata=metadata)
+
+
+def _write_chunk_in_worker(job: _ChunkJob, backbone: Backbone) -> None:
+    """Pool task: :func:`_write_chunk` with OpenCV and torch single-threaded.
+
+    The pool already runs about one process per core; their own thread pools on top would only
+    oversubscribe the cores. torch is limited only if the backbone (or the parent's main module,
+    which spawn re-imports) loaded it: importing it just for this would cost seconds per worker.
+    """
+    cv2.setNumThreads(1)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+    _write_chunk(job, backbone, lambda: None)
+
+
+def _init_worker() -> None:
+    """Pool initializer: end this worker as soon as the parent process dies.
+
+    Without it a killed parent (SIGKILL, OOM killer) leaves its workers alive: they finish the
+    chunks already queued to them, writing into the parts folder behind the back of the build
+    that resumes, and then block on the task queue forever.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True,
+                         name="rl-scaniqa-parent-watch").start()
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    """Block until the parent's sentinel signals its death, then exit at once."""
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
+
+
+def _worker_count(workers: int | None, backbone: Backbone, missing: int) -> int:
+    """Processes to compute ``missing`` chunks with; 1 means in this process."""
+    # A daemonic process (an SB3 SubprocVecEnv worker) is not allowed to start children.
+    if not backbone.parallel_safe or multiprocessing.current_process().daemon:
+        return 1
+    wanted = (os.cpu_count() or 1) if workers is None else workers
+    return max(1, min(wanted, missing))
+
+
+def _run_in_pool(jobs: Sequence[_ChunkJob], backbone: Backbone, workers: int,
+                 advance: Callable[[float], None]) -> None:
+    """Write every job's chunk in ``workers`` spawned processes; ``advance(images)`` as each one finishes.
+
+    Raises:
+        ImageError, CacheError, DatasetError: the error of the failed chunk that comes first in
+            index order, as the in-process build would raise it (same type, message naming the file).
+    """
+    # spawn, not fork: a fork taken while OpenCV's or torch's thread pools run can deadlock.
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker)
+    try:
+        futures = {pool.submit(_write_chunk_in_worker, job, backbone): job for job in jobs}
+        for future in as_completed(futures):
+            if future.exception() is not None:
+                break
+            job = futures[future]
+            advance(job.stop - job.start)
+    finally:
+        # After a failure or Ctrl-C, queued chunks are dropped; running ones finish, and their
+        # files stay valid for a resume.
+        pool.shutdown(wait=True, cancel_futures=True)
+    failed = [f for f in futures if not f.cancelled() and f.exception() is not None]
+    if failed:
+        raise min(failed, key=lambda f: futures[f].start).exception()
+
+
 def _build_chunks(records: list[PanoramaRecord], backbone: Backbone, grid: ViewportGrid,
                   views: tuple[str, ...], key: str, parts: Path, chunk_size: int, progress: bool,
-                  dataset: str) -> list[Path]:
+                  dataset: str, workers: int | None) -> list[Path]:
     """Compute (or keep, when valid) every chunk file; returns them in index order."""
     image_ids = [_image_id(r) for r in records]
     v, d, a = grid.n_viewports, backbone.dim, len(views)
     parts.mkdir(parents=True, exist_ok=True)
     chunk_files = []
     with progress_bar(f"caching {dataset}", len(records), unit="img", enabled=progress) as bar:
+        missing = []
         for start, stop in _ranges(len(records), chunk_size):
             chunk = parts / f"{start:06d}-{stop:06d}.safetensors"
             chunk_files.append(chunk)
             if _chunk_is_valid(chunk, key, start, stop, image_ids[start:stop], v, d, a):
                 bar.advance(stop - start)
-                continue
-            arrays = _compute_chunk(records[start:stop], backbone, grid, views, bar.advance)
-            metadata = {"format": _CHUNK_FORMAT, "key": key, "start": str(start), "stop": str(stop),
-                        "image_ids": json.dumps(image_ids[start:stop])}
-            with atomic_path(chunk) as tmp:
-                save_file(arrays, str(tmp), metadata=metadata)
+            else:
+                missing.append(_ChunkJob(tuple(records[start:stop]), start, stop, chunk, key, grid, views))
+        count = _worker_count(workers, backbone, len(missing))
+        if count == 1:
+            for job in missing:
+                _write_chunk(job, backbone, bar.advance)
+        else:
+            _run_in_pool(missing, backbone, count, bar.advance)
     return chunk_files
 
 
@@ -864,18 +981,19 @@ def _cache_metadata(records: Sequence[PanoramaRecord], backbone: Backbone, grid:
 
 def get_or_build_cache(records: Sequence[PanoramaRecord], backbone: Backbone, grid: ViewportGrid,
                        cache_dir: str | os.PathLike[str], *, dataset: str, augmentations: Sequence[str] = (),
-                       chunk_size: int = 16, progress: bool = True) -> FeatureCache:
+                       chunk_size: int = 16, progress: bool = True, workers: int | None = None) -> FeatureCache:
     """The feature cache of ``records``: loaded when an up-to-date one exists, else built first.
 
     Besides the backbone and grid, the stored dataset fingerprint and image ids are checked
-    against ``records`` so a cache never serves other images or labels.
+    against ``records`` so a cache never serves other images or labels. ``workers`` is passed to
+    :func:`build_cache`.
 
     Raises:
         CacheError, ImageError, DatasetError: as :func:`build_cache` and :func:`load_cache`.
     """
     records = list(records)
     path = build_cache(records, backbone, grid, cache_dir, dataset=dataset, augmentations=augmentations,
-                       chunk_size=chunk_size, progress=progress)
+                       chunk_size=chunk_size, progress=progress, workers=workers)
     cache, metadata = _read_cache(path, backbone.name, grid)
     fingerprint = dataset_fingerprint(records)
     if metadata.get("fingerprint") != fingerprint or cache.image_ids != [_image_id(r) for r in records]:

@@ -280,6 +280,9 @@ def test_fusion_concatenates_parts(tiny_dinov2, nss):
     dino = DinoV2Backbone(str(tiny_dinov2), device="cpu")
     np.testing.assert_allclose(fusion(images), np.concatenate([nss(images), dino(images)], axis=1), rtol=1e-5)
     assert make_backbone(fusion.name, device="cpu").name == fusion.name
+    # The feature cache's parallel build only copies CPU-only, model-free backbones into workers.
+    assert nss.parallel_safe and not dino.parallel_safe and not fusion.parallel_safe
+    assert FusionBackbone([nss, NSSBackbone()]).parallel_safe
     with pytest.raises(ValueError, match="at least two"):
         FusionBackbone([nss])
 

@@ -102,9 +102,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> list[PanoramaRecord]:
 
 @pytest.fixture(scope="module")
 def built(dataset: list[PanoramaRecord], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The cache of the shared dataset with three augmented views, built once for the module."""
+    """The cache of the shared dataset with three augmented views, built once for the module, in-process."""
     return build_cache(dataset, NSSBackbone(), GRID, tmp_path_factory.mktemp("cache"), dataset="synth360",
-                       augmentations=VIEWS, chunk_size=4, progress=False)
+                       augmentations=VIEWS, chunk_size=4, progress=False, workers=1)
 
 
 def test_shapes_dtypes_and_labels(dataset, built):
@@ -249,6 +249,34 @@ def test_interrupted_build_resumes_from_complete_chunks(tmp_path):
     straight = build_cache(records, NSSBackbone(), GRID, tmp_path / "straight", dataset="synth360", chunk_size=2,
                            progress=False)
     _assert_same_file_contents(resumed, straight)
+
+
+def test_parallel_build_gives_the_same_arrays_as_the_in_process_build(dataset, built, tmp_path):
+    # 3 chunks over 2 spawned workers, against the module's in-process build (2 chunks).
+    parallel = build_cache(dataset, NSSBackbone(), GRID, tmp_path, dataset="synth360", augmentations=VIEWS,
+                           chunk_size=2, progress=False, workers=2)
+    assert parallel.name == built.name
+    _assert_same_file_contents(parallel, built)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{parallel.stem}.lock", parallel.name]
+
+
+def test_parallel_worker_image_error_surfaces_naming_the_file(tmp_path):
+    records = _write_dataset(tmp_path / "data", n=3)
+    records[1].path.write_bytes(b"not a png")
+    with pytest.raises(ImageError, match=r"img1\.png"):
+        build_cache(records, NSSBackbone(), GRID, tmp_path / "cache", dataset="synth360", chunk_size=1,
+                    progress=False, workers=2)
+    with pytest.raises(CacheError, match="workers must be at least 1"):
+        build_cache(records, NSSBackbone(), GRID, tmp_path / "cache", dataset="synth360", workers=0)
+
+
+def test_backbones_that_are_not_parallel_safe_build_in_process(tmp_path):
+    records = _write_dataset(tmp_path / "data", n=2)
+    backbone = CountingBackbone()  # not parallel_safe: workers=2 must still call this very object
+    assert not backbone.parallel_safe and NSSBackbone().parallel_safe
+    build_cache(records, backbone, GRID, tmp_path / "cache", dataset="synth360", chunk_size=1, progress=False,
+                workers=2)
+    assert backbone.calls == 2 * len(records)
 
 
 def test_concurrent_builders_wait_for_each_other_and_reuse_the_file(tmp_path):
