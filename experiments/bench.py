@@ -327,8 +327,9 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-epochs", type=_positive_int, default=ppo.n_epochs, help="PPO epochs")
     parser.add_argument("--rollouts", type=_positive_int, default=None,
                         help="rollouts (each with its update) per round (default 4, --quick 2)")
-    parser.add_argument("--torch-threads", type=_positive_int, default=None,
-                        help="torch CPU threads for both runs (default: torch's, as SB3 leaves it)")
+    parser.add_argument("--torch-threads", type=_positive_int, default=1,
+                        help="torch CPU threads for both runs (default 1, as run_ppo.py trains: "
+                             "on 2 shared cores more threads oversubscribe and slow both runs)")
 
 
 def bench_train(args: argparse.Namespace) -> dict[str, Any]:
@@ -343,8 +344,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     from rl_scaniqa.envs import ENV_ID
     from rl_scaniqa.envs.defaults import random_feature_cache
 
-    if args.torch_threads is not None:
-        torch.set_num_threads(args.torch_threads)
+    torch.set_num_threads(args.torch_threads)
     # A random cache with real shapes (64 images, 8 x 4 grid, D features) and the env's default
     # K = 15, T = 7: throughput depends on the shapes, not on the values.
     cache = random_feature_cache(64, dim=args.dim, seed=0)
