@@ -160,8 +160,9 @@ class EquatorSweepAgent:
     The equator viewports (:meth:`ViewportGrid.equator_indices`; rows 1 and 2 of the default
     grid) are ordered column by column in increasing yaw, beginning at the start viewport's
     column (also when the start lies off the band, e.g. a dataset start near a pole), and within
-    a column the row nearest the start's row first. Path k begins its sweep ``k * T`` entries after the start, so the K paths
-    continue one another around the band instead of repeating the same arc. Viewports already in
+    a column the row nearest the start's row first. Path k begins its sweep ``k * T`` entries
+    after the start, so the K paths continue one another around the band instead of repeating
+    the same arc. Viewports already in
     the current path are skipped; once the whole band is in the path, the lowest allowed index
     is taken. Deterministic by construction.
     """
@@ -349,7 +350,8 @@ class HumanScanpathAgent(_ImageAware):
     scanpath raises ``KeyError`` at ``begin_episodes``: no path is invented for it.
     """
 
-    def __init__(self, scanpaths: Mapping[str, Sequence[Sequence[int]]], grid: ViewportGrid) -> None:
+    def __init__(self, scanpaths: Mapping[str, Sequence[Sequence[int]]],
+                 grid: ViewportGrid) -> None:
         super().__init__()
         self.grid = grid
         self.scanpaths = {image: [np.asarray(path, dtype=np.int64) for path in paths if len(path)]
@@ -396,7 +398,8 @@ class HumanScanpathAgent(_ImageAware):
         return (actions[0] if single else actions), state
 
 
-def human_scanpaths_from_records(records: Sequence[Any], grid: ViewportGrid) -> dict[str, list[list[int]]]:
+def human_scanpaths_from_records(records: Sequence[Any],
+                                 grid: ViewportGrid) -> dict[str, list[list[int]]]:
     """Image id → non-empty human scanpaths (viewport indices) from dataset records.
 
     Reads ``record.extra["human_scanpaths"]`` (JUFE loaded with ``hm_root=``); images without
@@ -465,8 +468,8 @@ class SVRBaseline:
         pipeline = make_pipeline(StandardScaler(), SVR(kernel="rbf", epsilon=self.epsilon))
         n_groups = len(set(groups.tolist()))
         if n_groups >= 2:
-            search = GridSearchCV(pipeline, grid, cv=GroupKFold(n_splits=min(self.cv_folds, n_groups)),
-                                  scoring="neg_mean_squared_error")
+            folds = GroupKFold(n_splits=min(self.cv_folds, n_groups))
+            search = GridSearchCV(pipeline, grid, cv=folds, scoring="neg_mean_squared_error")
             search.fit(x, y, groups=groups)
             self._model = search.best_estimator_
             chosen = search.best_params_

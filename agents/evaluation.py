@@ -112,9 +112,10 @@ def run_agent(agent: ScanpathAgent, feature_cache: FeatureCache, image_indices: 
     ``feature_stats``: pass the training run's statistics so features are standardised as during
     training). Stochastic agents are seeded through ``seed`` (NumPy and torch), so the same call
     gives the same paths; wrap a policy in :class:`SeededPolicyAgent` to make each image's paths
-    independent of the other images in its batch as well. Agents whose ``predict`` takes ``action_masks`` (sb3-contrib
-    ``MaskablePPO``) receive the env's masks, and agents with ``begin_episodes``
-    (:class:`EpisodeAwareAgent`) are told each batch's images before its first step.
+    independent of the other images in its batch as well. Agents whose ``predict`` takes
+    ``action_masks`` (sb3-contrib ``MaskablePPO``) receive the env's masks, and agents with
+    ``begin_episodes`` (:class:`EpisodeAwareAgent`) are told each batch's images before its
+    first step.
     """
     indices = [int(i) for i in image_indices]
     if not indices:
@@ -192,7 +193,7 @@ def score_scanpaths(assessor: QualityAssessor, scanpaths: Scanpaths,
 class AgentEvaluation:
     """An agent's scanpaths on a set of images, the assessor's scores and the protocol metrics."""
 
-    metrics: dict[str, Any]       # rl_scaniqa.assessor.metrics.evaluate: srcc, krcc, plcc, rmse, ...
+    metrics: dict[str, Any]       # assessor.metrics.evaluate: srcc, krcc, plcc, rmse, n, mapping
     predicted: np.ndarray         # (N,) image scores on the dataset's raw MOS scale
     predicted_std: np.ndarray     # (N,) std over the K path scores, in raw MOS units
     scanpaths: Scanpaths

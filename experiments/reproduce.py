@@ -62,7 +62,7 @@ from rl_scaniqa.agents.cotrain import CoTrainRun, CoTrainSettings, cotrain
 from rl_scaniqa.agents.evaluation import AgentEvaluation, ScanpathAgent, evaluate_agent
 from rl_scaniqa.assessor.metrics import evaluate, summarize
 from rl_scaniqa.assessor.reporting import markdown_table, mean_std, plot_curve, plot_scanpath_panels
-from rl_scaniqa.envs.arguments import build_dataclass, parse_dataclass
+from rl_scaniqa.envs.arguments import key_values, parse_dataclass
 from rl_scaniqa.envs.datasets import load_dataset, repeated_splits
 from rl_scaniqa.envs.defaults import prepare_feature_cache
 from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
@@ -107,7 +107,7 @@ PUBLISHED_HUMAN = {"jufe": (0.724, 0.752)}
 
 @dataclass
 class Args:
-    """Arguments of ``reproduce.py`` (nested settings are options like ``--settings.ppo.n-envs``)."""
+    """Arguments of ``reproduce.py`` (nested settings: options like ``--settings.ppo.n-envs``)."""
 
     protocol: str = "in-dataset"
     dataset: str = "synth360"
@@ -175,23 +175,6 @@ QUICK_OVERRIDES: dict[str, Any] = {
 RESUMABLE_FIELDS = ("out", "json", "progress", "splits", "threads")
 
 
-def apply_quick(args: Args) -> Args:
-    """Apply ``--quick`` overrides to the values still at their defaults."""
-    if not args.quick:
-        return args
-    values, defaults = asdict(args), asdict(Args())
-
-    def merge(current: dict[str, Any], default: dict[str, Any], overrides: Mapping[str, Any]) -> None:
-        for key, value in overrides.items():
-            if isinstance(value, Mapping):
-                merge(current[key], default[key], value)
-            elif current[key] == default[key]:
-                current[key] = value
-
-    merge(values, defaults, QUICK_OVERRIDES)
-    return build_dataclass(Args, values)
-
-
 def int_list(text: str, name: str) -> list[int]:
     """``"1,3,5"`` → ``[1, 3, 5]`` (positive, sorted, unique)."""
     try:
@@ -208,8 +191,8 @@ def check_args(args: Args) -> None:
     if args.protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {args.protocol!r}")
     if args.protocol == "cross-dataset" and not (args.train and args.test):
-        raise ValueError("--protocol cross-dataset needs --train A and --test B (with --train-root / "
-                         "--test-root unless a side is the default synth360)")
+        raise ValueError("--protocol cross-dataset needs --train A and --test B (with "
+                         "--train-root / --test-root unless a side is the default synth360)")
     if args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
     if args.splits < 1:
@@ -251,12 +234,7 @@ def grid_of(args: Args) -> ViewportGrid:
 
 def loader_options(text: str, name: str, grid: ViewportGrid) -> dict[str, Any]:
     """``KEY=VALUE,...`` → loader keyword arguments (JUFE head movements mapped on ``grid``)."""
-    options: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        if "=" not in item:
-            raise ValueError(f"dataset option {item!r} is not KEY=VALUE")
-        key, value = item.split("=", 1)
-        options[key.strip()] = value.strip()
+    options: dict[str, Any] = dict(key_values(text))
     if name.lower() == "jufe" and "hm_root" in options:
         options["grid"] = grid
     return options
@@ -275,14 +253,17 @@ def load_source(name: str, root: str, options_text: str, args: Args) -> Source:
     return Source(name=name, cache=cache, human=human)
 
 
-def reference_tasks(source: Source, args: Args,
-                    select: Callable[[FeatureCache, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-                    | None = None) -> list[Task]:
+#: Narrows a task's (train, test) cache indices, e.g. to some distortion types.
+Selector = Callable[[FeatureCache, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def reference_tasks(source: Source, args: Args, select: Selector | None = None) -> list[Task]:
     """One task per reference split; ``select`` may narrow the train and test indices."""
     cache = source.cache
     tasks = []
-    for k, split in enumerate(repeated_splits(list(cache.ref_ids), n=args.splits,
-                                              test_fraction=args.test_fraction, seed=args.split_seed)):
+    splits = repeated_splits(list(cache.ref_ids), n=args.splits,
+                             test_fraction=args.test_fraction, seed=args.split_seed)
+    for k, split in enumerate(splits):
         train, test = np.asarray(split.train), np.asarray(split.test)
         if select is not None:
             train, test = select(cache, train, test)
@@ -293,8 +274,7 @@ def reference_tasks(source: Source, args: Args,
     return tasks
 
 
-def distortion_selector(held_out: Sequence[str]) -> Callable[[FeatureCache, np.ndarray, np.ndarray],
-                                                            tuple[np.ndarray, np.ndarray]]:
+def distortion_selector(held_out: Sequence[str]) -> Selector:
     """Train on the other types (pristine references included), test on ``held_out`` only."""
     held = set(held_out)
 
@@ -312,8 +292,8 @@ def build_tasks(args: Args) -> tuple[list[Task], dict[str, Any]]:
         train = load_source(args.train, args.train_root, args.train_options, args)
         test = load_source(args.test, args.test_root, args.test_options, args)
         if (train.cache.dim, train.cache.backbone) != (test.cache.dim, test.cache.backbone):
-            raise ValueError(f"cross-dataset needs the same features on both sides: {args.train} has "
-                             f"{train.cache.backbone} (D={train.cache.dim}), {args.test} has "
+            raise ValueError(f"cross-dataset needs the same features on both sides: {args.train} "
+                             f"has {train.cache.backbone} (D={train.cache.dim}), {args.test} has "
                              f"{test.cache.backbone} (D={test.cache.dim})")
         tasks = [Task(index=k, label=f"seed {k + 1}", seed=args.settings.seed + k,
                       train=train.cache, test=test.cache, human=test.human, info={})
@@ -326,13 +306,13 @@ def build_tasks(args: Args) -> tuple[list[Task], dict[str, Any]]:
         present = sorted(set(source.cache.distortions))
         missing = [kind for kind in held if kind not in present]
         if not held or missing:
-            raise ValueError(f"--test-distortions {args.test_distortions!r}: {missing or 'empty'} not "
-                             f"among the dataset's distortion types {present}")
+            raise ValueError(f"--test-distortions {args.test_distortions!r}: {missing or 'empty'} "
+                             f"not among the dataset's distortion types {present}")
         tasks = reference_tasks(source, args, distortion_selector(held))
         empty = [task.label for task in tasks if len(task.test) < 3 or len(task.train) < 3]
         if empty:
-            raise ValueError(f"cross-distortion leaves fewer than 3 train or test images in {empty}; "
-                             "hold out other types or use a larger test fraction")
+            raise ValueError(f"cross-distortion leaves fewer than 3 train or test images in "
+                             f"{empty}; hold out other types or use a larger test fraction")
         train_kinds = sorted(set(present) - set(held))
         return tasks, {"dataset": args.dataset, "cache": source.cache, "train_kinds": train_kinds,
                        "test_kinds": held}
@@ -373,7 +353,8 @@ def train_model(settings: CoTrainSettings, train: FeatureCache, tracker: Trainin
     return run
 
 
-def variant_settings(base: CoTrainSettings, overrides: Mapping[str, Any], seed: int) -> CoTrainSettings:
+def variant_settings(base: CoTrainSettings, overrides: Mapping[str, Any],
+                     seed: int) -> CoTrainSettings:
     """``base`` with nested ``overrides`` and the task's seed."""
     values = asdict(base)
     for group, changes in overrides.items():
@@ -414,7 +395,8 @@ def path_agents(grid: ViewportGrid, seed: int) -> dict[str, tuple[ScanpathAgent,
 
 
 def evaluate_paths(agent: ScanpathAgent, run: CoTrainRun, settings: CoTrainSettings, task: Task,
-                   indices: Sequence[int], n_paths: int, path_length: int | None = None) -> AgentEvaluation:
+                   indices: Sequence[int], n_paths: int,
+                   path_length: int | None = None) -> AgentEvaluation:
     return evaluate_agent(agent, run.assessor, task.test, indices, n_paths=n_paths,
                           path_length=path_length or settings.path_length,
                           env_kwargs=env_kwargs_for(run, settings), seed=task.seed)
@@ -431,8 +413,9 @@ def evaluate_svr(task: Task) -> dict[str, Any]:
             "best_params": model.best_params}
 
 
-def visit_frequencies(evaluations: Mapping[str, AgentEvaluation], n_viewports: int) -> dict[str, list[float]]:
-    """Per method: how often each viewport is chosen (fraction of all actions; starts are not chosen)."""
+def visit_frequencies(evaluations: Mapping[str, AgentEvaluation],
+                      n_viewports: int) -> dict[str, list[float]]:
+    """Per method: how often each viewport is chosen (fraction of all actions; starts excluded)."""
     result = {}
     for name, evaluation in evaluations.items():
         counts = np.bincount(evaluation.scanpaths.paths[..., 1:].ravel(), minlength=n_viewports)
@@ -466,7 +449,8 @@ def methods_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str,
     run = train_model(settings, task.train, tracker, f"{task.label}: training {RL}")
     tracker.handle.describe(f"{task.label}: scoring methods")
     everything = np.arange(len(task.test))
-    evaluations = {RL: evaluate_paths(run.ppo.policy, run, settings, task, everything, args.eval_paths)}
+    evaluations = {RL: evaluate_paths(run.ppo.policy, run, settings, task, everything,
+                                      args.eval_paths)}
     for name, (agent, overrides) in path_agents(task.test.grid, task.seed).items():
         evaluations[name] = evaluate_paths(agent, run, settings, task, everything,
                                            overrides.get("n_paths", args.eval_paths),
@@ -483,7 +467,8 @@ def methods_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str,
                                                         everything, k))
         k_curve[RANDOM][str(k)] = metrics_of(evaluate_paths(RandomPathAgent(task.seed), run,
                                                             settings, task, everything, k))
-    shown = {name: evaluations[name] for name in (RL, ENTROPY, RANDOM, HUMAN) if name in evaluations}
+    shown = {name: evaluations[name] for name in (RL, ENTROPY, RANDOM, HUMAN)
+             if name in evaluations}
     visited = {name: evaluations[name] for name in (RL, RANDOM, EQUATOR, ENTROPY, HUMAN)
                if name in evaluations}
     return {"methods": methods, "k_curve": k_curve, "panels": panel_record(task, shown),
@@ -559,7 +544,8 @@ def load_finished(out: Path, args: Args) -> list[dict[str, Any]]:
     try:
         document = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); move it away to start afresh") from None
+        raise ValueError(
+            f"{path}: not valid JSON ({error}); move it away to start afresh") from None
     if document.get("format") != RESULTS_FORMAT:
         raise ValueError(f"{path}: not a reproduce.py results file")
     if document.get("config") != comparable_config(args):
@@ -621,7 +607,8 @@ def _published_rows(args: Args, data: Mapping[str, Any]) -> list[dict[str, Any]]
         rows = [{"method": "RL-ScanIQA, paper (DINOv2)", "srcc": srcc, "plcc": plcc}]
         if args.protocol == "ablation" and args.dataset.lower() in PUBLISHED_HUMAN:
             h_srcc, h_plcc = PUBLISHED_HUMAN[args.dataset.lower()]
-            rows.append({"method": "Human scanpaths, paper (DINOv2)", "srcc": h_srcc, "plcc": h_plcc})
+            rows.append({"method": "Human scanpaths, paper (DINOv2)", "srcc": h_srcc,
+                         "plcc": h_plcc})
         return rows
     pair = (args.train.lower(), args.test.lower())
     if args.protocol == "cross-dataset" and pair in PUBLISHED_CROSS:
@@ -641,7 +628,8 @@ def _table(summary: Mapping[str, Mapping[str, Any]], names: Sequence[str],
                      "ms": mean_std(entry, "ms_per_image"), "splits": entry["splits"]})
     for row in published:
         rows.append({"method": row["method"], "srcc": f"{row['srcc']:.3f}",
-                     "plcc": f"{row['plcc']:.3f}", "krcc": "–", "rmse": "–", "ms": "–", "splits": "–"})
+                     "plcc": f"{row['plcc']:.3f}", "krcc": "–", "rmse": "–", "ms": "–",
+                     "splits": "–"})
     return markdown_table(rows, ["method", *METRICS, "ms", "splits"],
                           ["Method", "SRCC", "PLCC", "KRCC", "RMSE", "ms/image", "Tasks"])
 
@@ -818,13 +806,14 @@ def json_summary(summary: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str
     def clean(value: float) -> float | None:
         return None if value is None or not math.isfinite(value) else value
 
-    return {name: {metric: {"mean": clean(entry[metric]["mean"]), "std": clean(entry[metric]["std"])}
+    return {name: {metric: {"mean": clean(entry[metric]["mean"]),
+                            "std": clean(entry[metric]["std"])}
                    for metric in (*METRICS, "ms_per_image")} | {"splits": entry["splits"]}
             for name, entry in summary.items()}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = apply_quick(parse_dataclass(Args, __doc__.splitlines()[1], argv, DOCS))
+    args = parse_dataclass(Args, __doc__.splitlines()[1], argv, DOCS, {"quick": QUICK_OVERRIDES})
     check_args(args)
     torch.set_num_threads(args.threads)
     command = " ".join(["experiments/reproduce.py", *(sys.argv[1:] if argv is None else argv)])

@@ -43,7 +43,7 @@ import torch
 from rl_scaniqa.agents.cotrain import CoTrainSettings, cotrain
 from rl_scaniqa.agents.evaluation import evaluate_agent
 from rl_scaniqa.assessor.reporting import markdown_table
-from rl_scaniqa.envs.arguments import build_dataclass, parse_dataclass
+from rl_scaniqa.envs.arguments import key_values, parse_dataclass
 from rl_scaniqa.envs.datasets.splits import split_by_reference
 from rl_scaniqa.envs.defaults import prepare_feature_cache
 from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
@@ -52,7 +52,7 @@ from rl_scaniqa.envs.io_utils import atomic_write_json, atomic_write_text
 from rl_scaniqa.envs.progress import ProgressHandle, progress_bar
 
 METRIC = "val_srcc"
-#: Reported when the validation SRCC is undefined (constant predictions): ranks below any real value.
+#: Reported when the validation SRCC is undefined (constant predictions): below any real value.
 UNDEFINED_SRCC = -1.0
 
 #: The searched weights: dotted settings name → (distribution, low, high). "loguniform" for the
@@ -79,7 +79,7 @@ DATA_FIELDS = ("dataset", "root", "dataset_options", "backbone", "n_lon", "n_lat
 
 @dataclass
 class Args:
-    """Arguments of ``sweep.py`` (nested settings are options like ``--settings.total-timesteps``)."""
+    """Arguments of ``sweep.py`` (nested settings: options like ``--settings.total-timesteps``)."""
 
     dataset: str = "synth360"
     root: str = ""
@@ -107,7 +107,9 @@ class Args:
     quick: bool = False
     json: bool = False
     progress: bool = True
-    settings: CoTrainSettings = field(default_factory=lambda: CoTrainSettings(total_timesteps=60_000))
+    # 60k PPO steps: a trial that ASHA keeps runs about 2 minutes on one core.
+    settings: CoTrainSettings = field(
+        default_factory=lambda: CoTrainSettings(total_timesteps=60_000))
 
 
 DOCS = {
@@ -120,7 +122,8 @@ DOCS = {
     "address": "Ray cluster to join ('auto' = the running local one); empty = start a local Ray",
     "num_cpus": "CPUs of the local Ray (ignored with --address)",
     "cpus_per_trial": "CPUs reserved per trial (each trial runs torch with this many threads)",
-    "seed": "seed of the random search (which configurations are drawn); trials train with settings.seed",
+    "seed": "seed of the random search (which configurations are drawn); trials train with "
+            "settings.seed",
     "quick": "smoke run: the small Synth360, 2 trials, a tiny budget",
     "settings.total_timesteps": "PPO steps per trial (the full budget of a trial ASHA keeps)",
 }
@@ -131,23 +134,6 @@ QUICK_OVERRIDES: dict[str, Any] = {
                  "ppo": {"n_envs": 2, "n_steps": 70, "batch_size": 70, "n_epochs": 1},
                  "assessor": {"warmup_steps": 20, "steps_per_rollout": 5}},
 }
-
-
-def apply_quick(args: Args) -> Args:
-    """Apply ``--quick`` overrides to the values still at their defaults."""
-    if not args.quick:
-        return args
-    values, defaults = asdict(args), asdict(Args())
-
-    def merge(current: dict[str, Any], default: dict[str, Any], overrides: Mapping[str, Any]) -> None:
-        for key, value in overrides.items():
-            if isinstance(value, Mapping):
-                merge(current[key], default[key], value)
-            elif current[key] == default[key]:
-                current[key] = value
-
-    merge(values, defaults, QUICK_OVERRIDES)
-    return build_dataclass(Args, values)
 
 
 # ----------------------------------------------------------------------------- data
@@ -166,7 +152,7 @@ class SweepData:
 def load_data(args: Args) -> SweepData:
     """The fit and validation references, split as ``run_ppo.py`` splits them."""
     grid = ViewportGrid(n_lon=args.n_lon, n_lat=args.n_lat, fov_deg=args.fov, size=args.size)
-    options = dict(item.split("=", 1) for item in args.dataset_options.split(",") if item)
+    options = key_values(args.dataset_options)
     cache = prepare_feature_cache(
         args.dataset, args.root or None, backbone=args.backbone, grid=grid,
         augmentations=tuple(a for a in args.augmentations.split(",") if a),
@@ -293,7 +279,8 @@ def write_outputs(out: Path, args: Args, data: SweepData, rows: list[dict[str, A
     """results.json, results.md and best_config.json; returns the summary."""
     completed = [row for row in rows if row["status"] != "error"]
     if not completed:
-        raise RuntimeError(f"every trial failed; first error: {rows[0].get('error') if rows else '-'}")
+        first = rows[0].get("error") if rows else "-"
+        raise RuntimeError(f"every trial failed; first error: {first}")
     best = completed[0]
     config = best_config(args, best)
     atomic_write_json(out / "best_config.json", config)
@@ -407,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ImportError:
         raise SystemExit('sweep.py needs Ray Tune: pip install "rl-scaniqa[sweep]" '
                          '(or pip install "ray[tune]")') from None
-    args = apply_quick(parse_dataclass(Args, __doc__.splitlines()[1], argv, DOCS))
+    args = parse_dataclass(Args, __doc__.splitlines()[1], argv, DOCS, {"quick": QUICK_OVERRIDES})
     if args.num_samples < 1 or args.validate_every < 1:
         raise SystemExit("--num-samples and --validate-every must be at least 1")
     out = Path(args.out)

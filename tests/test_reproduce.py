@@ -71,15 +71,16 @@ def test_in_dataset_end_to_end_and_resume(reproduce, fake_data, tmp_path, capsys
     out = tmp_path / "run"
     reproduce.main(["--protocol", "in-dataset", "--splits", "1", "--out", str(out), *TINY])
     summary = last_json(capsys)
-    expected = {reproduce.RL, reproduce.RANDOM, reproduce.EQUATOR, reproduce.ENTROPY, reproduce.CUBE,
-                reproduce.CEILING, reproduce.HUMAN, reproduce.SVR}
+    expected = {reproduce.RL, reproduce.RANDOM, reproduce.EQUATOR, reproduce.ENTROPY,
+                reproduce.CUBE, reproduce.CEILING, reproduce.HUMAN, reproduce.SVR}
     assert set(summary) == expected
     for entry in summary.values():
         assert set(entry) >= {"srcc", "plcc", "krcc", "rmse"}
         assert set(entry["srcc"]) == {"mean", "std"}
         assert entry["splits"] == 1
     assert fake_data["trainings"] == 1
-    for name in ("results.json", "report.md", "srcc_vs_k.png", "scanpaths.png", "viewport_visits.png"):
+    for name in ("results.json", "report.md", "srcc_vs_k.png", "scanpaths.png",
+                 "viewport_visits.png"):
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
     assert "Table 1" in report and "RL-ScanIQA against each method" in report
@@ -122,7 +123,8 @@ def test_variant_settings_zero_the_ablated_weights(reproduce):
     settings = reproduce.variant_settings(base, reproduce.ABLATIONS["w/o task reward"], seed=4)
     assert (settings.reward.task_mse, settings.reward.task_rank) == (0.0, 0.0)
     assert settings.reward.lambda_ssim == base.reward.lambda_ssim and settings.seed == 4
-    augmentation = reproduce.variant_settings(base, reproduce.ABLATIONS["w/o augmentation losses"], 0)
+    augmentation = reproduce.variant_settings(base, reproduce.ABLATIONS["w/o augmentation losses"],
+                                              seed=0)
     assert augmentation.assessor.loss_weights().triplet == 0.0
     assert augmentation.assessor.loss_mse == base.assessor.loss_mse
 
@@ -149,7 +151,7 @@ def test_cross_dataset_trains_on_all_of_a_and_tests_on_all_of_b(reproduce, monke
     monkeypatch.setattr(reproduce, "load_source",
                         lambda name, *a: reproduce.Source(name=name, cache=caches[name], human={}))
     args = reproduce.Args(protocol="cross-dataset", train="a", test="b", splits=2)
-    tasks, data = reproduce.build_tasks(args)
+    tasks, _ = reproduce.build_tasks(args)
     assert [task.seed for task in tasks] == [0, 1]
     assert all(len(task.train) == 30 and len(task.test) == 12 for task in tasks)
     caches["b"] = random_feature_cache(12, dim=4, seed=9)
@@ -186,9 +188,9 @@ def test_panels_skip_methods_that_did_not_see_both_images(reproduce):
 
     def evaluation(indices):
         indices = np.asarray(indices)
+        paths = np.stack([np.full((2, 3), i) for i in indices])
         return SimpleNamespace(predicted=indices / 10.0,
-                               scanpaths=SimpleNamespace(image_indices=indices,
-                                                         paths=np.stack([np.full((2, 3), i) for i in indices])))
+                               scanpaths=SimpleNamespace(image_indices=indices, paths=paths))
 
     panels = reproduce.panel_record(task, {"all": evaluation(range(30)),
                                            "subset": evaluation([29, 3, 0]),
