@@ -62,9 +62,9 @@ from rl_scaniqa.agents.cotrain import CoTrainRun, CoTrainSettings, cotrain
 from rl_scaniqa.agents.evaluation import AgentEvaluation, ScanpathAgent, evaluate_agent
 from rl_scaniqa.assessor.metrics import evaluate, summarize
 from rl_scaniqa.assessor.reporting import markdown_table, mean_std, plot_curve, plot_scanpath_panels
-from rl_scaniqa.envs.arguments import key_values, parse_dataclass
+from rl_scaniqa.envs.arguments import parse_dataclass
 from rl_scaniqa.envs.datasets import load_dataset, repeated_splits
-from rl_scaniqa.envs.defaults import prepare_feature_cache
+from rl_scaniqa.envs.defaults import DataArgs
 from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
 from rl_scaniqa.envs.geometry import ViewportGrid
 from rl_scaniqa.envs.io_utils import atomic_path, atomic_write_json, atomic_write_text
@@ -106,13 +106,10 @@ PUBLISHED_HUMAN = {"jufe": (0.724, 0.752)}
 
 
 @dataclass
-class Args:
+class Args(DataArgs):
     """Arguments of ``reproduce.py`` (nested settings: options like ``--settings.ppo.n-envs``)."""
 
     protocol: str = "in-dataset"
-    dataset: str = "synth360"
-    root: str = ""
-    dataset_options: str = ""
     train: str = ""
     train_root: str = ""
     train_options: str = ""
@@ -120,13 +117,6 @@ class Args:
     test_root: str = ""
     test_options: str = ""
     test_distortions: str = "jpeg2000,noise,underexposure"
-    backbone: str = "nss"
-    n_lon: int = 8
-    n_lat: int = 4
-    fov: float = 90.0
-    size: int = 224
-    augmentations: str = "weak,mild,heavy"
-    cache_dir: str = ""
     splits: int = 10
     split_seed: int = 0
     test_fraction: float = 0.2
@@ -228,28 +218,13 @@ class Task:
     info: dict[str, Any]
 
 
-def grid_of(args: Args) -> ViewportGrid:
-    return ViewportGrid(n_lon=args.n_lon, n_lat=args.n_lat, fov_deg=args.fov, size=args.size)
-
-
-def loader_options(text: str, name: str, grid: ViewportGrid) -> dict[str, Any]:
-    """``KEY=VALUE,...`` → loader keyword arguments (JUFE head movements mapped on ``grid``)."""
-    options: dict[str, Any] = dict(key_values(text))
-    if name.lower() == "jufe" and "hm_root" in options:
-        options["grid"] = grid
-    return options
-
-
 def load_source(name: str, root: str, options_text: str, args: Args) -> Source:
     """The dataset's feature cache (built on first use) and its human scanpaths."""
-    grid = grid_of(args)
-    options = loader_options(options_text, name, grid)
-    cache = prepare_feature_cache(
-        name, root or None, backbone=args.backbone, grid=grid,
-        augmentations=tuple(a for a in args.augmentations.split(",") if a),
-        cache_dir=args.cache_dir or None, dataset_options=options, quick_default=args.quick,
-        progress=args.progress)
-    human = human_scanpaths_from_records(load_dataset(name, root, **options), grid) if root else {}
+    cache = args.feature_cache(dataset=name, root=root, options_text=options_text,
+                               quick_default=args.quick, progress=args.progress)
+    options = args.loader_options(name, options_text)
+    human = (human_scanpaths_from_records(load_dataset(name, root, **options), args.grid())
+             if root else {})
     return Source(name=name, cache=cache, human=human)
 
 

@@ -37,11 +37,10 @@ from rl_scaniqa.agents.evaluation import SeededPolicyAgent, run_agent, score_sca
 from rl_scaniqa.assessor.metrics import evaluate
 from rl_scaniqa.assessor.reporting import (markdown_table, plot_prediction_scatter,
                                            plot_scanpath_panels)
-from rl_scaniqa.envs.arguments import build_dataclass, key_values, parse_dataclass
+from rl_scaniqa.envs.arguments import build_dataclass, parse_dataclass
 from rl_scaniqa.envs.datasets.splits import split_by_reference
-from rl_scaniqa.envs.defaults import prepare_feature_cache
+from rl_scaniqa.envs.defaults import DataArgs
 from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
-from rl_scaniqa.envs.geometry import ViewportGrid
 from rl_scaniqa.envs.io_utils import atomic_path, atomic_write_json, atomic_write_text, json_line
 
 CHECKPOINT_DIR = "checkpoint"
@@ -51,19 +50,9 @@ PPO_NAME = "ppo.zip"
 
 
 @dataclass
-class Args:
+class Args(DataArgs):
     """Arguments of ``run_ppo.py`` (nested settings are options like ``--ppo.n-envs``)."""
 
-    dataset: str = "synth360"
-    root: str = ""
-    dataset_options: str = ""
-    backbone: str = "nss"
-    n_lon: int = 8
-    n_lat: int = 4
-    fov: float = 90.0
-    size: int = 224
-    augmentations: str = "weak,mild,heavy"
-    cache_dir: str = ""
     test_fraction: float = 0.2
     val_fraction: float = 0.1
     split_seed: int = 0
@@ -119,13 +108,7 @@ class Data:
 
 
 def load_data(args: Args) -> Data:
-    grid = ViewportGrid(n_lon=args.n_lon, n_lat=args.n_lat, fov_deg=args.fov, size=args.size)
-    options = key_values(args.dataset_options)
-    cache = prepare_feature_cache(
-        args.dataset, args.root or None, backbone=args.backbone, grid=grid,
-        augmentations=tuple(a for a in args.augmentations.split(",") if a),
-        cache_dir=args.cache_dir or None, dataset_options=options, quick_default=args.quick,
-        progress=args.progress)
+    cache = args.feature_cache(quick_default=args.quick, progress=args.progress)
     split = split_by_reference(list(cache.ref_ids), test_fraction=args.test_fraction,
                                seed=args.split_seed)
     train = cache.subset(split.train)

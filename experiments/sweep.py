@@ -43,11 +43,10 @@ import torch
 from rl_scaniqa.agents.cotrain import CoTrainSettings, cotrain
 from rl_scaniqa.agents.evaluation import evaluate_agent
 from rl_scaniqa.assessor.reporting import markdown_table
-from rl_scaniqa.envs.arguments import key_values, parse_dataclass
+from rl_scaniqa.envs.arguments import parse_dataclass
 from rl_scaniqa.envs.datasets.splits import split_by_reference
-from rl_scaniqa.envs.defaults import prepare_feature_cache
+from rl_scaniqa.envs.defaults import DataArgs
 from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
-from rl_scaniqa.envs.geometry import ViewportGrid
 from rl_scaniqa.envs.io_utils import atomic_write_json, atomic_write_text
 from rl_scaniqa.envs.progress import ProgressHandle, progress_bar
 
@@ -78,19 +77,9 @@ DATA_FIELDS = ("dataset", "root", "dataset_options", "backbone", "n_lon", "n_lat
 
 
 @dataclass
-class Args:
+class Args(DataArgs):
     """Arguments of ``sweep.py`` (nested settings: options like ``--settings.total-timesteps``)."""
 
-    dataset: str = "synth360"
-    root: str = ""
-    dataset_options: str = ""
-    backbone: str = "nss"
-    n_lon: int = 8
-    n_lat: int = 4
-    fov: float = 90.0
-    size: int = 224
-    augmentations: str = "weak,mild,heavy"
-    cache_dir: str = ""
     test_fraction: float = 0.2
     val_fraction: float = 0.2
     split_seed: int = 0
@@ -151,13 +140,7 @@ class SweepData:
 
 def load_data(args: Args) -> SweepData:
     """The fit and validation references, split as ``run_ppo.py`` splits them."""
-    grid = ViewportGrid(n_lon=args.n_lon, n_lat=args.n_lat, fov_deg=args.fov, size=args.size)
-    options = key_values(args.dataset_options)
-    cache = prepare_feature_cache(
-        args.dataset, args.root or None, backbone=args.backbone, grid=grid,
-        augmentations=tuple(a for a in args.augmentations.split(",") if a),
-        cache_dir=args.cache_dir or None, dataset_options=options, quick_default=args.quick,
-        progress=args.progress)
+    cache = args.feature_cache(quick_default=args.quick, progress=args.progress)
     return split_fit_val(cache, args)
 
 
