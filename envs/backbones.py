@@ -787,6 +787,29 @@ class FusionBackbone(Backbone):
         return np.concatenate([part.global_features(erp, size) for part in self.parts])
 
 
+class CountingBackbone(Backbone):
+    """Another backbone that counts the images it embeds.
+
+    Benchmarks and tests use it to check that scoring a panorama costs exactly V + 1 backbone
+    images (V viewports and the global descriptor) whatever K and T; every call, including the
+    wrapped backbone's native-resolution global descriptor, goes to ``inner`` unchanged.
+    """
+
+    def __init__(self, inner: Backbone) -> None:
+        self.inner = inner
+        self.name, self.dim, self.device = inner.name, inner.dim, inner.device
+        self.batch_size, self.parallel_safe = inner.batch_size, inner.parallel_safe
+        self.images = 0
+
+    def _embed(self, images: np.ndarray) -> np.ndarray:
+        self.images += len(images)
+        return self.inner(images)
+
+    def global_features(self, erp: np.ndarray, size: int) -> np.ndarray:
+        self.images += 1
+        return self.inner.global_features(erp, size)
+
+
 _SPEC_HELP = (
     "use 'nss', 'dinov2', 'dinov2:<hub id or folder>', 'dinov2-clsmean[:<hub id or folder>]' "
     "(CLS + mean patch token), or several joined with '+', e.g. 'nss+dinov2:/models/dinov2-small'"

@@ -248,24 +248,11 @@ def bench_score(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from rl_scaniqa.assessor.scorer import STAGES, Scorer
-    from rl_scaniqa.envs.backbones import Backbone, NSSBackbone
+    from rl_scaniqa.envs.backbones import CountingBackbone, NSSBackbone
     from rl_scaniqa.envs.imageio import write_image
 
-    class CountingNSS(Backbone):
-        """NSS, counting the images that go through it."""
-
-        def __init__(self) -> None:
-            self._inner = NSSBackbone()
-            self.name, self.dim, self.device = self._inner.name, self._inner.dim, "cpu"
-            self.batch_size = self._inner.batch_size
-            self.images = 0
-
-        def _embed(self, images: np.ndarray) -> np.ndarray:
-            self.images += len(images)
-            return self._inner(images)
-
     model, model_source = _score_model()
-    backbone = CountingNSS()
+    backbone = CountingBackbone(NSSBackbone())
     scorer = Scorer(model, backbone, k=args.k, t=args.t, source=model_source)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "panorama.png"

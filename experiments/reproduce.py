@@ -798,17 +798,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finished = load_finished(out, args)
     tasks, data = build_tasks(args)
     done = {record["index"] for record in finished}
-    todo = [task for task in tasks if task.index not in done]
+    pending = [task for task in tasks if task.index not in done]
     console.print(f"[bold]{args.protocol}[/]: {len(tasks)} tasks, {len(done)} already finished in "
                   f"{out}; {trainings_per_task(args)} model(s) per task")
     records = [record for record in finished if record["index"] < len(tasks)]
     summary = {}
     if records:
         summary = write_results(out, args, data, records, command)
-    total = len(todo) * trainings_per_task(args) * args.settings.total_timesteps
+    total = len(pending) * trainings_per_task(args) * args.settings.total_timesteps
     with progress_bar("reproduce", total, unit="step", enabled=args.progress) as bar:
         tracker = TrainingProgress(bar)
-        for task in todo:
+        for task in pending:
             started = time.perf_counter()
             run_task = ablation_task if args.protocol == "ablation" else methods_task
             record = {"index": task.index, "label": task.label, "seed": task.seed,

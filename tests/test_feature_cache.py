@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from skimage.metrics import structural_similarity
 
-from rl_scaniqa.envs.backbones import Backbone, NSSBackbone, global_view
+from rl_scaniqa.envs.backbones import Backbone, NSSBackbone
 from rl_scaniqa.envs.datasets.records import MosScale, PanoramaRecord
 from rl_scaniqa.envs.distortions import DISTORTIONS, apply_distortion
 from rl_scaniqa.envs.errors import CacheError, DatasetError, ImageError

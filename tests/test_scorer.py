@@ -22,7 +22,7 @@ from rl_scaniqa.assessor.scorer import (
     ScorerError,
     find_images,
 )
-from rl_scaniqa.envs.backbones import Backbone, NSSBackbone
+from rl_scaniqa.envs.backbones import CountingBackbone, NSSBackbone
 from rl_scaniqa.envs.cli import main
 from rl_scaniqa.envs.datasets.records import MosScale
 from rl_scaniqa.envs.defaults import random_feature_cache
@@ -34,20 +34,6 @@ from rl_scaniqa.envs.imageio import write_image
 GRID = ViewportGrid(size=32)
 K, T = 3, 4
 NSS_DIM = NSSBackbone().dim
-
-
-class CountingBackbone(Backbone):
-    """NSS features, counting how many images go through the backbone."""
-
-    def __init__(self) -> None:
-        self._inner = NSSBackbone()
-        self.name, self.dim, self.device = self._inner.name, self._inner.dim, "cpu"
-        self.batch_size = self._inner.batch_size
-        self.images = 0
-
-    def _embed(self, images: np.ndarray) -> np.ndarray:
-        self.images += len(images)
-        return self._inner(images)
 
 
 def panorama(seed: int, width: int = 256) -> np.ndarray:
@@ -144,7 +130,7 @@ def test_same_seed_same_score_whatever_the_batch(model_dir: Path) -> None:
 
 def test_backbone_sees_v_plus_one_images_whatever_k_and_t(model_dir: Path) -> None:
     for k, t in ((1, 1), (K, T), (6, 9)):
-        backbone = CountingBackbone()
+        backbone = CountingBackbone(NSSBackbone())
         scorer = Scorer.from_pretrained(model_dir, backbone=backbone, device="cpu", k=k, t=t)
         result = scorer.score(panorama(3))
         assert backbone.images == GRID.n_viewports + 1
