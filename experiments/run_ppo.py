@@ -38,7 +38,7 @@ from rl_scaniqa.assessor.metrics import evaluate
 from rl_scaniqa.assessor.reporting import (markdown_table, plot_prediction_scatter,
                                            plot_scanpath_panels)
 from rl_scaniqa.envs.arguments import build_dataclass, parse_dataclass
-from rl_scaniqa.envs.datasets.splits import split_by_reference
+from rl_scaniqa.envs.datasets.splits import fit_val_test_split
 from rl_scaniqa.envs.defaults import DataArgs
 from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
 from rl_scaniqa.envs.io_utils import atomic_path, atomic_write_json, atomic_write_text, json_line
@@ -109,20 +109,15 @@ class Data:
 
 def load_data(args: Args) -> Data:
     cache = args.feature_cache(quick_default=args.quick, progress=args.progress)
-    split = split_by_reference(list(cache.ref_ids), test_fraction=args.test_fraction,
-                               seed=args.split_seed)
-    train = cache.subset(split.train)
-    val = None
-    fit = train
-    if args.val_fraction > 0:
-        inner = split_by_reference(list(train.ref_ids), test_fraction=args.val_fraction,
-                                   seed=args.split_seed + 1)
-        fit, val = train.subset(inner.train), train.subset(inner.test)
+    split = fit_val_test_split(list(cache.ref_ids), test_fraction=args.test_fraction,
+                               val_fraction=args.val_fraction, seed=args.split_seed)
+    fit = cache.subset(split.fit)
+    val = cache.subset(split.val) if split.val else None
     return Data(cache=cache, fit=fit, val=val, test=cache.subset(split.test),
                 stats=FeatureStats.fit(fit),
                 split={"train_refs": sorted(set(fit.ref_ids)),
                        "val_refs": sorted(set(val.ref_ids)) if val is not None else [],
-                       "test_refs": sorted(set(split.test_refs))})
+                       "test_refs": list(split.test_refs)})
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -44,7 +44,7 @@ from rl_scaniqa.agents.cotrain import CoTrainSettings, cotrain
 from rl_scaniqa.agents.evaluation import evaluate_agent
 from rl_scaniqa.assessor.reporting import markdown_table
 from rl_scaniqa.envs.arguments import parse_dataclass
-from rl_scaniqa.envs.datasets.splits import split_by_reference
+from rl_scaniqa.envs.datasets.splits import fit_val_test_split
 from rl_scaniqa.envs.defaults import DataArgs
 from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
 from rl_scaniqa.envs.io_utils import atomic_write_json, atomic_write_text
@@ -146,19 +146,16 @@ def load_data(args: Args) -> SweepData:
 
 def split_fit_val(cache: FeatureCache, args: Args) -> SweepData:
     """Drop the test references, then hold ``val_fraction`` of the rest out for validation."""
-    outer = split_by_reference(list(cache.ref_ids), test_fraction=args.test_fraction,
-                               seed=args.split_seed)
-    train = cache.subset(outer.train)
-    inner = split_by_reference(list(train.ref_ids), test_fraction=args.val_fraction,
-                               seed=args.split_seed + 1)
-    fit, val = train.subset(inner.train), train.subset(inner.test)
+    split = fit_val_test_split(list(cache.ref_ids), test_fraction=args.test_fraction,
+                               val_fraction=args.val_fraction, seed=args.split_seed)
+    fit, val = cache.subset(split.fit), cache.subset(split.val)
     if len(val) < 3:
         raise ValueError(f"validation holds {len(val)} images (< 3), too few for an SRCC; raise "
                          "--val-fraction or use a larger dataset")
     return SweepData(fit=fit, val=val, stats=FeatureStats.fit(fit),
                      info={"n_fit": len(fit), "n_val": len(val),
                            "val_refs": sorted(set(val.ref_ids)),
-                           "test_refs_excluded": sorted(set(outer.test_refs))})
+                           "test_refs_excluded": list(split.test_refs)})
 
 
 # ----------------------------------------------------------------------------- trials

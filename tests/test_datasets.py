@@ -852,3 +852,18 @@ def test_records_split_end_to_end(cviqd_full: Path) -> None:
     split = split_by_reference(records, seed=1)
     assert len(split.test) == 3 * 34 and len(split.train) == 13 * 34
     assert not {records[i].ref_id for i in split.train} & {records[i].ref_id for i in split.test}
+
+
+def test_fit_val_test_split_is_the_two_step_split_by_reference() -> None:
+    from rl_scaniqa.envs.datasets import fit_val_test_split
+
+    refs = [f"r{k % 17}" for k in range(170)]
+    split = fit_val_test_split(refs, test_fraction=0.2, val_fraction=0.25, seed=3)
+    outer = split_by_reference(refs, test_fraction=0.2, seed=3)
+    inner = split_by_reference([refs[i] for i in outer.train], test_fraction=0.25, seed=4)
+    assert split.test == outer.test and split.test_refs == outer.test_refs
+    assert split.fit == tuple(outer.train[i] for i in inner.train)
+    assert split.val == tuple(outer.train[i] for i in inner.test)
+    sides = [{refs[i] for i in part} for part in (split.fit, split.val, split.test)]
+    assert all(a.isdisjoint(b) for a, b in [(sides[0], sides[1]), (sides[0], sides[2]), (sides[1], sides[2])])
+    assert fit_val_test_split(refs, val_fraction=0.0, seed=3).val == ()

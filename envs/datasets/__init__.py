@@ -42,7 +42,8 @@ from rl_scaniqa.envs.datasets.records import (
     PathLike,
     mos_scale_for,
 )
-from rl_scaniqa.envs.datasets.splits import ReferenceSplit, repeated_splits, split_by_reference
+from rl_scaniqa.envs.datasets.splits import (FitValTestSplit, ReferenceSplit, fit_val_test_split,
+                                             repeated_splits, split_by_reference)
 from rl_scaniqa.envs.errors import DatasetError
 
 LOADERS: dict[str, Callable[..., list[PanoramaRecord]]] = {
@@ -82,6 +83,8 @@ def load_dataset(name: str, root: PathLike, **options: Any) -> list[PanoramaReco
 
 
 __all__ = [
+    "FitValTestSplit",
+    "fit_val_test_split",
     "DATASET_NAMES",
     "LOADERS",
     "MOS_SCALES",

@@ -92,6 +92,41 @@ def split_by_reference(
     )
 
 
+@dataclass(frozen=True)
+class FitValTestSplit:
+    """Training references split again into fit and validation, plus the held-out test side.
+
+    Attributes:
+        fit, val, test: ascending positions into the sequence that was split (``val`` may be
+            empty); every reference id is on exactly one side.
+        test_refs: the sorted reference ids held out for testing.
+    """
+
+    fit: tuple[int, ...]
+    val: tuple[int, ...]
+    test: tuple[int, ...]
+    test_refs: tuple[str, ...]
+
+
+def fit_val_test_split(items: Sequence[PanoramaRecord] | Sequence[str], *, test_fraction: float = 0.2,
+                       val_fraction: float = 0.1, seed: int = 0) -> FitValTestSplit:
+    """The training scripts' split: test references with ``seed``, then validation references
+    drawn from the training side with ``seed + 1`` (none when ``val_fraction`` is 0).
+
+    ``run_ppo.py`` and the reward sweep both split this way, so a sweep validates on exactly the
+    references ``run_ppo.py`` would, and its best configuration carries over.
+    """
+    outer = split_by_reference(items, test_fraction=test_fraction, seed=seed)
+    fit, val = outer.train, ()
+    if val_fraction > 0:
+        refs = _ref_ids(items)
+        train_refs = [refs[i] for i in outer.train]
+        inner = split_by_reference(train_refs, test_fraction=val_fraction, seed=seed + 1)
+        fit = tuple(outer.train[i] for i in inner.train)
+        val = tuple(outer.train[i] for i in inner.test)
+    return FitValTestSplit(fit=fit, val=val, test=outer.test, test_refs=outer.test_refs)
+
+
 def repeated_splits(
     items: Sequence[PanoramaRecord] | Sequence[str],
     n: int = 10,
