@@ -20,7 +20,11 @@ from rl_scaniqa.agents.baselines import (
     SVRBaseline,
 )
 from rl_scaniqa.agents.extractor import MASKED_LOGIT, ScanpathExtractor
-from rl_scaniqa.agents.policy import MaskableScanpathPolicy, ScanpathHead, ScanpathPolicy
+from rl_scaniqa.agents.policy import (
+    MaskableScanpathPolicy,
+    ScanpathHead,
+    ScanpathPolicy,
+)
 
 __all__ = [
     "MASKED_LOGIT",

@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from rl_scaniqa.envs.feature_cache import FeatureCache
-from rl_scaniqa.envs.geometry import ViewportGrid, lonlat_to_xyz
+from rl_scaniqa.envs.data.geometry import ViewportGrid, lonlat_to_xyz
+from rl_scaniqa.envs.features.cache import FeatureCache
 from rl_scaniqa.envs.rewards import equator_term
 
 #: Directions (yaw, pitch) in degrees of the cube faces, in the order the agent visits them.

@@ -3,7 +3,7 @@
 After every PPO rollout (and before the PPO update that uses it) the callback
 
 1. hands the paths finished during the rollout, which the reward wrapper remembered, to the
-   :class:`~rl_scaniqa.assessor.training.AssessorTrainer` and trains the assessor for a few steps
+   :class:`~rl_scaniqa.agents.assessor_training.AssessorTrainer` and trains the assessor for a few steps
    on them and on random paths of the training images, so the terminal reward of the next
    rollout comes from a better assessor;
 2. anneals PPO's entropy coefficient linearly from its start to its end value over training
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from rl_scaniqa.assessor.reward_wrapper import AssessorRewardVecWrapper
-from rl_scaniqa.assessor.training import AssessorTrainer
+from rl_scaniqa.agents.assessor_training import AssessorTrainer
+from rl_scaniqa.agents.reward_wrapper import AssessorRewardVecWrapper
 
 STEP_COMPONENTS = ("entropy", "ssim", "novelty", "equator")
 

@@ -1,4 +1,4 @@
-"""Joint training of the scanpath policy (PPO) and the quality assessor, and the trained model.
+"""Joint training of the scanpath policy (PPO) and the quality assessor.
 
 :func:`cotrain` is the method of the paper in one function, used by ``experiments/run_ppo.py``,
 ``experiments/reproduce.py`` and the reward sweep:
@@ -7,243 +7,41 @@
    carries information from the first rollout);
 2. PPO with :class:`~rl_scaniqa.agents.policy.ScanpathPolicy` runs on ``Panorama360Env`` whose
    step and set rewards come from the env and whose terminal task reward comes from the
-   assessor through :class:`~rl_scaniqa.assessor.reward_wrapper.AssessorRewardVecWrapper`;
+   assessor through :class:`~rl_scaniqa.agents.reward_wrapper.AssessorRewardVecWrapper`;
 3. after each rollout :class:`~rl_scaniqa.agents.callbacks.CoTrainingCallback` trains the
    assessor on the policy's paths and anneals the entropy bonus; PPO's clip range is annealed by
    a linear schedule (0.2 → 0.1).
 
-:class:`ScanIQAModel` is the result: policy + assessor + feature standardisation + settings,
-saved as an SB3 zip (policy), safetensors + JSON (assessor) and JSON (the rest). Loading never
-unpickles: the policy is rebuilt from the saved settings and only its tensors are read from the
-zip (``weights_only`` loading).
+:func:`to_model` packages a run as the :class:`~rl_scaniqa.agents.scaniqa_model.ScanIQAModel`
+artefact.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping
 import dataclasses
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from rl_scaniqa.agents.assessor_training import AssessorTrainer, AssessorTrainingConfig
 from rl_scaniqa.agents.callbacks import CoTrainingCallback
 from rl_scaniqa.agents.policy import ScanpathPolicy
-from rl_scaniqa.assessor.losses import AssessorLossWeights
+from rl_scaniqa.agents.reward_wrapper import (
+    AssessorRewardVecWrapper,
+    TaskRewardSchedule,
+)
+from rl_scaniqa.agents.scaniqa_model import ScanIQAModel, policy_kwargs
+from rl_scaniqa.agents.settings import CoTrainSettings
 from rl_scaniqa.assessor.model import AssessorConfig, QualityAssessor
-from rl_scaniqa.assessor.reward_wrapper import AssessorRewardVecWrapper, TaskRewardSchedule
-from rl_scaniqa.assessor.training import AssessorTrainer, AssessorTrainingConfig
-from rl_scaniqa.envs.arguments import build_dataclass
-from rl_scaniqa.envs.backbones import resolve_device
-from rl_scaniqa.envs.datasets.records import MosScale
-from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
-from rl_scaniqa.envs.geometry import ViewportGrid
-from rl_scaniqa.envs.io_utils import atomic_path, atomic_write_json
-from rl_scaniqa.envs.panorama_env import Panorama360Env, observation_space_for
-
-MODEL_FORMAT = "rl_scaniqa.model"
-MODEL_VERSION = 1
-POLICY_NAME = "policy.zip"
-MODEL_CONFIG_NAME = "model.json"
-
-
-@dataclass
-class RewardSettings:
-    """Env and task reward weights (reference values from the paper's code)."""
-
-    lambda_entropy: float = 0.5
-    lambda_ssim: float = 1.0
-    lambda_novelty: float = 1.0
-    lambda_equator: float = 0.2
-    beta_coverage: float = 0.2
-    beta_jaccard: float = 0.2
-    task_mse: float = 2.0
-    task_rank: float = 2.0
-    #: Fraction of the run over which the task weights ramp from 0 (paper: 30 of 300 epochs).
-    task_warmup_fraction: float = 0.1
-
-    def env_kwargs(self) -> dict[str, float]:
-        """The env's reward keyword arguments."""
-        names = ("lambda_entropy", "lambda_ssim", "lambda_novelty", "lambda_equator",
-                 "beta_coverage", "beta_jaccard")
-        return {name: getattr(self, name) for name in names}
-
-
-@dataclass
-class PPOSettings:
-    """PPO hyperparameters (paper values where they apply; rollout sizes scaled for a CPU)."""
-
-    learning_rate: float = 3e-4
-    n_envs: int = 8
-    n_steps: int = 105
-    batch_size: int = 210
-    n_epochs: int = 4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_start: float = 0.2
-    clip_end: float = 0.1
-    ent_coef_start: float = 0.02
-    ent_coef_end: float = 0.005
-    max_grad_norm: float = 1.0
-    # Width 32 measured ~25% faster than 64 (rollouts dominate) with the same learning curve.
-    embed_dim: int = 32
-    hidden_dim: int = 32
-    attention_dim: int = 32
-
-
-@dataclass
-class AssessorSettings:
-    """Assessor architecture and optimisation (Adam lr 1e-4 and loss weights from the reference)."""
-
-    hidden_dim: int = 256
-    attention_dim: int = 128
-    dropout: float = 0.1
-    learning_rate: float = 1e-4
-    batch_size: int = 32
-    warmup_steps: int = 400
-    steps_per_rollout: int = 40
-    policy_path_fraction: float = 0.75
-    loss_mse: float = 1.0
-    loss_rank: float = 0.2
-    loss_consistency: float = 0.2
-    loss_triplet: float = 0.3
-    loss_cross_rank: float = 0.2
-
-    def loss_weights(self) -> AssessorLossWeights:
-        return AssessorLossWeights(mse=self.loss_mse, rank=self.loss_rank,
-                                   consistency=self.loss_consistency, triplet=self.loss_triplet,
-                                   cross_rank=self.loss_cross_rank)
-
-
-@dataclass
-class CoTrainSettings:
-    """Everything :func:`cotrain` needs besides the data."""
-
-    total_timesteps: int = 150_000
-    n_paths: int = 15
-    path_length: int = 7
-    start: str = "front"
-    seed: int = 0
-    device: str = "auto"
-    reward: RewardSettings = field(default_factory=RewardSettings)
-    ppo: PPOSettings = field(default_factory=PPOSettings)
-    assessor: AssessorSettings = field(default_factory=AssessorSettings)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CoTrainSettings:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
-        return build_dataclass(cls, data, "settings")
-
-
-@dataclass
-class ScanIQAModel:
-    """A trained RL-ScanIQA model: scanpath policy, assessor and what their inputs must look like."""
-
-    policy: ScanpathPolicy
-    assessor: QualityAssessor
-    feature_stats: FeatureStats
-    settings: CoTrainSettings
-    grid: ViewportGrid
-    backbone: str
-    mos_scale: MosScale
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def env_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments that make ``Panorama360Env`` present features as in training."""
-        return {"feature_stats": self.feature_stats, "start": self.settings.start,
-                **self.settings.reward.env_kwargs()}
-
-    def save(self, directory: str | Path) -> Path:
-        """Write the model into ``directory`` (each file atomically) and return it."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_policy(self.policy, directory / POLICY_NAME)
-        self.assessor.save(directory)
-        atomic_write_json(directory / MODEL_CONFIG_NAME, {
-            "format": MODEL_FORMAT, "version": MODEL_VERSION,
-            "backbone": self.backbone, "feature_dim": self.assessor.config.feature_dim,
-            "grid": asdict(self.grid), "mos_scale": {"low": self.mos_scale.low,
-                                                     "high": self.mos_scale.high},
-            "feature_stats": self.feature_stats.to_dict(), "settings": self.settings.to_dict(),
-            "metadata": self.metadata})
-        return directory
-
-    @classmethod
-    def load(cls, directory: str | Path, device: str = "cpu") -> ScanIQAModel:
-        """Load a model written by :meth:`save` (no unpickling)."""
-        directory = Path(directory)
-        config_path = directory / MODEL_CONFIG_NAME
-        try:
-            document = json.loads(config_path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{config_path}: no RL-ScanIQA model here ({MODEL_CONFIG_NAME} "
-                                    "is missing)") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{config_path}: not valid JSON ({error})") from None
-        if document.get("format") != MODEL_FORMAT or document.get("version") != MODEL_VERSION:
-            raise ValueError(f"{config_path}: not an RL-ScanIQA model of version {MODEL_VERSION} "
-                             f"(format {document.get('format')!r}, version {document.get('version')!r})")
-        settings = CoTrainSettings.from_dict(document["settings"])
-        grid = ViewportGrid(**document["grid"])
-        dim = int(document["feature_dim"])
-        policy = build_policy(settings, grid, dim, device)
-        load_policy_weights(policy, directory / POLICY_NAME, device)
-        assessor = QualityAssessor.load(directory).to(device)
-        assessor.eval()
-        scale = document["mos_scale"]
-        return cls(policy=policy, assessor=assessor,
-                   feature_stats=FeatureStats.from_dict(document["feature_stats"]),
-                   settings=settings, grid=grid, backbone=document["backbone"],
-                   mos_scale=MosScale(float(scale["low"]), float(scale["high"])),
-                   metadata=dict(document.get("metadata", {})))
-
-
-def policy_kwargs(settings: CoTrainSettings) -> dict[str, Any]:
-    """``policy_kwargs`` of the scanpath policy for these settings."""
-    return {"features_extractor_kwargs": {"embed_dim": settings.ppo.embed_dim,
-                                          "hidden_dim": settings.ppo.hidden_dim,
-                                          "attention_dim": settings.ppo.attention_dim}}
-
-
-def build_policy(settings: CoTrainSettings, grid: ViewportGrid, dim: int,
-                 device: str = "cpu") -> ScanpathPolicy:
-    """A fresh policy with the architecture these settings describe (weights random)."""
-    observation_space = observation_space_for(grid.n_viewports, dim, settings.path_length,
-                                              settings.n_paths)
-    policy = ScanpathPolicy(observation_space, spaces.Discrete(grid.n_viewports),
-                            lambda _: settings.ppo.learning_rate, **policy_kwargs(settings))
-    return policy.to(device)
-
-
-def save_policy(policy: ScanpathPolicy, path: Path) -> None:
-    """Write the policy's tensors in SB3's zip layout (``policy.pth`` inside), atomically."""
-    from stable_baselines3.common.save_util import save_to_zip_file
-
-    with atomic_path(path) as tmp:
-        save_to_zip_file(tmp, data={"policy_class": type(policy).__name__},
-                         params={"policy": policy.state_dict()})
-
-
-def load_policy_weights(policy: ScanpathPolicy, path: Path, device: str = "cpu") -> None:
-    """Load the policy tensors of an SB3 zip (``weights_only`` torch loading, data not read)."""
-    from stable_baselines3.common.save_util import load_from_zip_file
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: policy weights are missing")
-    _, params, _ = load_from_zip_file(path, load_data=False, device=device)
-    if "policy" not in params:
-        raise ValueError(f"{path}: no policy tensors in this zip")
-    policy.load_state_dict(params["policy"])
+from rl_scaniqa.envs.features.backbones import resolve_device
+from rl_scaniqa.envs.features.cache import FeatureCache, FeatureStats
+from rl_scaniqa.envs.panorama_env import Panorama360Env
 
 
 def make_training_env(settings: CoTrainSettings, cache: FeatureCache,

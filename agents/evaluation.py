@@ -19,10 +19,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from rl_scaniqa.assessor.metrics import evaluate
 from rl_scaniqa.agents.policy import ScanpathPolicy
+from rl_scaniqa.assessor.metrics import evaluate
 from rl_scaniqa.assessor.model import QualityAssessor
-from rl_scaniqa.envs.feature_cache import FeatureCache
+from rl_scaniqa.envs.features.cache import FeatureCache
 from rl_scaniqa.envs.panorama_env import Panorama360Env
 from rl_scaniqa.envs.progress import progress_bar
 

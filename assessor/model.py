@@ -46,7 +46,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from rl_scaniqa.envs.errors import RLScanIQAError
-from rl_scaniqa.envs.io_utils import atomic_path, atomic_write_json
+from rl_scaniqa.envs.storage import atomic_path, atomic_write_json
 
 CHECKPOINT_FORMAT = "rl_scaniqa.assessor"
 CHECKPOINT_VERSION = 1

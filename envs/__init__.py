@@ -35,9 +35,9 @@ _LAZY_EXPORTS = {
     "Panorama360Env": "rl_scaniqa.envs.panorama_env",
     "make_env": "rl_scaniqa.envs.panorama_env",
     "observation_space_for": "rl_scaniqa.envs.panorama_env",
-    "ensure_default_data": "rl_scaniqa.envs.defaults",
-    "prepare_feature_cache": "rl_scaniqa.envs.defaults",
-    "random_feature_cache": "rl_scaniqa.envs.defaults",
+    "ensure_default_data": "rl_scaniqa.envs.features.provision",
+    "prepare_feature_cache": "rl_scaniqa.envs.features.provision",
+    "random_feature_cache": "rl_scaniqa.envs.features.random_cache",
     "draw_scanpaths": "rl_scaniqa.envs.render",
     "RewardWeights": "rl_scaniqa.envs.rewards",
 }

@@ -13,10 +13,10 @@ import numpy as np
 from gymnasium import spaces
 
 from rl_scaniqa.envs import QUALIFIED_ENV_ID, rewards
-from rl_scaniqa.envs.datasets import split_by_reference
+from rl_scaniqa.envs.data.datasets import split_by_reference
+from rl_scaniqa.envs.data.geometry import ViewportGrid, coverage_matrix
 from rl_scaniqa.envs.errors import CacheError
-from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
-from rl_scaniqa.envs.geometry import ViewportGrid, coverage_matrix
+from rl_scaniqa.envs.features.cache import FeatureCache, FeatureStats
 from rl_scaniqa.envs.render import draw_scanpaths, path_colors, scanpath_text
 
 START_MODES = ("front", "random_equator", "dataset")
@@ -36,14 +36,14 @@ class Panorama360Env(gym.Env[Observation, int]):
 
     One episode shows one equirectangular panorama through a grid of V candidate viewports
     (default 8 yaws x 4 pitches = 32 viewports of 90° x 90°, see
-    :class:`~rl_scaniqa.envs.geometry.ViewportGrid`). The agent draws K scanpaths one after the
+    :class:`~rl_scaniqa.envs.data.geometry.ViewportGrid`). The agent draws K scanpaths one after the
     other. Each path starts at a start viewport (not chosen by the agent) and then the agent picks
     T more viewports, so a path visits ``L = T + 1`` viewports. What the path saw (its L viewport
     features and the global descriptor) is what a quality assessor scores; this env provides the
     exploration rewards, and the assessor's terminal reward is added outside it (see
-    ``rl_scaniqa.assessor.reward_wrapper``), from the ``info`` this env emits at each path end.
+    ``rl_scaniqa.agents.reward_wrapper``), from the ``info`` this env emits at each path end.
 
-    All features come from a :class:`~rl_scaniqa.envs.feature_cache.FeatureCache` built once
+    All features come from a :class:`~rl_scaniqa.envs.features.cache.FeatureCache` built once
     from the pixels (backbone features, entropy and SSIM of every viewport), so ``step`` is a few
     table look-ups. Features are standardised with ``feature_stats`` (fitted on the training
     split) and clipped to ``±feature_clip``, like SB3's ``VecNormalize``.
@@ -130,10 +130,10 @@ class Panorama360Env(gym.Env[Observation, int]):
     ## Arguments
 
     - ``dataset``, ``root``, ``dataset_options``: dataset loader name, its folder, and loader
-      options (``rl_scaniqa.envs.datasets.load_dataset``). With ``root=None`` and
+      options (``rl_scaniqa.envs.data.datasets.load_dataset``). With ``root=None`` and
       ``dataset="synth360"`` the default data is used: a small Synth360 generated on first use
-      in ``<data_home>/synth360-quick`` (see :mod:`rl_scaniqa.envs.defaults`).
-    - ``backbone``: feature extractor spec for :func:`~rl_scaniqa.envs.backbones.make_backbone`
+      in ``<data_home>/synth360-quick`` (see :mod:`rl_scaniqa.envs.features.provision`).
+    - ``backbone``: feature extractor spec for :func:`~rl_scaniqa.envs.features.backbones.make_backbone`
       (``"nss"``, ``"dinov2"``, ...). ``grid``: the viewport grid (default 8 x 4, 90°).
     - ``cache_dir``: where feature caches live (default ``<data_home>/cache``);
       ``data_home``: folder for default data and caches (default ``$RL_SCANIQA_HOME`` or
@@ -143,7 +143,7 @@ class Panorama360Env(gym.Env[Observation, int]):
       equal the cache's).
     - ``n_paths`` (K, default 15), ``path_length`` (T, default 7).
     - ``split`` (``"train"``, ``"test"`` or ``"all"``), ``split_seed``, ``test_fraction``: the
-      split by reference content (:func:`~rl_scaniqa.envs.datasets.split_by_reference` on the
+      split by reference content (:func:`~rl_scaniqa.envs.data.datasets.split_by_reference` on the
       cache's ``ref_ids``) whose images the env shows.
     - ``feature_stats``: :class:`FeatureStats` (or its ``to_dict()``; pass the training env's to
       an evaluation env on another dataset). Default: fitted on the training images: the
@@ -215,7 +215,9 @@ class Panorama360Env(gym.Env[Observation, int]):
             coverage=beta_coverage, jaccard=beta_jaccard)
 
         if feature_cache is None:
-            from rl_scaniqa.envs.defaults import prepare_feature_cache  # heavy imports
+            from rl_scaniqa.envs.features.provision import (
+                prepare_feature_cache,  # heavy imports
+            )
 
             feature_cache = prepare_feature_cache(
                 dataset, root, backbone=backbone, grid=grid, cache_dir=cache_dir,
@@ -512,7 +514,7 @@ def make_env(**kwargs: Any) -> Callable[[], gym.Env]:
     ``kwargs`` are ``Panorama360Env`` arguments, checked against its signature now so that a typo
     fails here rather than inside a worker process. With the default data, build it once in the
     main process first (``rl_scaniqa.envs.ensure_default_data()``) or let the workers wait on the
-    build lock (see :mod:`rl_scaniqa.envs.defaults`).
+    build lock (see :mod:`rl_scaniqa.envs.features.provision`).
     """
     inspect.signature(Panorama360Env).bind(**kwargs)
     return EnvFactory(kwargs)

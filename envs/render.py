@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from rl_scaniqa.envs.geometry import ViewportGrid, viewport_outline
+from rl_scaniqa.envs.data.geometry import ViewportGrid, viewport_outline
 
 #: Hue step between consecutive paths; the golden-ratio conjugate keeps any number of paths apart.
 _GOLDEN_HUE_STEP = 0.618033988749895

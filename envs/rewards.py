@@ -96,7 +96,7 @@ def path_point_sets(paths: np.ndarray, coverage: np.ndarray) -> np.ndarray:
     Args:
         paths: int array (K, L) of viewport indices (every entry a valid index).
         coverage: bool array (V, N), True where sphere sample n lies inside viewport v
-            (:func:`rl_scaniqa.envs.geometry.coverage_matrix`), or its columns merged by
+            (:func:`rl_scaniqa.envs.data.geometry.coverage_matrix`), or its columns merged by
             :func:`compress_coverage`.
 
     Returns:

@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
-from rl_scaniqa.envs.io_utils import atomic_path  # noqa: E402
+from rl_scaniqa.envs.storage import atomic_path  # noqa: E402
 
 DEFAULT_OUT = Path("docs/images/architecture.png")
 

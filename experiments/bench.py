@@ -25,8 +25,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from rl_scaniqa.envs.geometry import ViewportGrid, extract_viewports
-from rl_scaniqa.envs.io_utils import json_line
+from rl_scaniqa.envs.data.geometry import ViewportGrid, extract_viewports
+from rl_scaniqa.envs.storage import json_line
 
 
 def _time_ms(function: Callable[[], Any]) -> tuple[float, Any]:
@@ -154,7 +154,7 @@ def bench_env(args: argparse.Namespace) -> dict[str, Any]:
     import gymnasium as gym
 
     from rl_scaniqa.envs import ENV_ID
-    from rl_scaniqa.envs.defaults import random_feature_cache
+    from rl_scaniqa.envs.features.random_cache import random_feature_cache
 
     # A random cache with real shapes (64 images, 8 x 4 grid, D features): step only indexes
     # precomputed tables and copies arrays, so its cost depends on the shapes, not the values.
@@ -217,13 +217,14 @@ def _score_model() -> tuple[Any, str]:
     """
     import torch
 
-    from rl_scaniqa.agents.cotrain import CoTrainSettings, ScanIQAModel, build_policy
+    from rl_scaniqa.agents.scaniqa_model import ScanIQAModel, build_policy
+    from rl_scaniqa.agents.scorer import DEFAULT_MODEL_DIR
+    from rl_scaniqa.agents.settings import CoTrainSettings
     from rl_scaniqa.assessor.model import AssessorConfig, QualityAssessor
-    from rl_scaniqa.assessor.scorer import DEFAULT_MODEL_DIR
-    from rl_scaniqa.envs.backbones import NSSBackbone
-    from rl_scaniqa.envs.datasets.records import MosScale
-    from rl_scaniqa.envs.defaults import random_feature_cache
-    from rl_scaniqa.envs.feature_cache import FeatureStats
+    from rl_scaniqa.envs.data.datasets.records import MosScale
+    from rl_scaniqa.envs.features.backbones import NSSBackbone
+    from rl_scaniqa.envs.features.cache import FeatureStats
+    from rl_scaniqa.envs.features.random_cache import random_feature_cache
 
     if (DEFAULT_MODEL_DIR / "model.json").is_file():
         return ScanIQAModel.load(DEFAULT_MODEL_DIR), str(DEFAULT_MODEL_DIR)
@@ -247,9 +248,9 @@ def bench_score(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from rl_scaniqa.assessor.scorer import STAGES, Scorer
-    from rl_scaniqa.envs.backbones import CountingBackbone, NSSBackbone
-    from rl_scaniqa.envs.imageio import write_image
+    from rl_scaniqa.agents.scorer import STAGES, Scorer
+    from rl_scaniqa.envs.data.imageio import write_image
+    from rl_scaniqa.envs.features.backbones import CountingBackbone, NSSBackbone
 
     model, model_source = _score_model()
     backbone = CountingBackbone(NSSBackbone())
@@ -300,7 +301,7 @@ def bench_score(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train_options(parser: argparse.ArgumentParser) -> None:
-    from rl_scaniqa.agents.cotrain import PPOSettings
+    from rl_scaniqa.agents.settings import PPOSettings
 
     # Rollout and update sizes default to the co-training run's, so the bench measures them.
     ppo = PPOSettings()
@@ -329,7 +330,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
 
     from rl_scaniqa.agents import ScanpathPolicy
     from rl_scaniqa.envs import ENV_ID
-    from rl_scaniqa.envs.defaults import random_feature_cache
+    from rl_scaniqa.envs.features.random_cache import random_feature_cache
 
     torch.set_num_threads(args.torch_threads)
     # A random cache with real shapes (64 images, 8 x 4 grid, D features) and the env's default

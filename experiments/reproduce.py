@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from rl_scaniqa.agents.arguments import parse_dataclass
 from rl_scaniqa.agents.baselines import (
     CUBE_FACE_PATH_LENGTH,
     AllViewportsAgent,
@@ -58,17 +59,22 @@ from rl_scaniqa.agents.baselines import (
     all_viewports_kwargs,
     human_scanpaths_from_records,
 )
-from rl_scaniqa.agents.cotrain import CoTrainRun, CoTrainSettings, cotrain
+from rl_scaniqa.agents.cotrain import CoTrainRun, cotrain
+from rl_scaniqa.agents.data_args import DataArgs
 from rl_scaniqa.agents.evaluation import AgentEvaluation, ScanpathAgent, evaluate_agent
+from rl_scaniqa.agents.reporting import (
+    markdown_table,
+    mean_std,
+    plot_curve,
+    plot_scanpath_panels,
+)
+from rl_scaniqa.agents.settings import CoTrainSettings
 from rl_scaniqa.assessor.metrics import evaluate, summarize
-from rl_scaniqa.assessor.reporting import markdown_table, mean_std, plot_curve, plot_scanpath_panels
-from rl_scaniqa.envs.arguments import parse_dataclass
-from rl_scaniqa.envs.datasets import load_dataset, repeated_splits
-from rl_scaniqa.envs.defaults import DataArgs
-from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
-from rl_scaniqa.envs.geometry import ViewportGrid
-from rl_scaniqa.envs.io_utils import atomic_path, atomic_write_json, atomic_write_text
+from rl_scaniqa.envs.data.datasets import load_dataset, repeated_splits
+from rl_scaniqa.envs.data.geometry import ViewportGrid
+from rl_scaniqa.envs.features.cache import FeatureCache, FeatureStats
 from rl_scaniqa.envs.progress import ProgressHandle, progress_bar
+from rl_scaniqa.envs.storage import atomic_path, atomic_write_json, atomic_write_text
 
 PROTOCOLS = ("in-dataset", "cross-dataset", "cross-distortion", "ablation")
 METRICS = ("srcc", "plcc", "krcc", "rmse")

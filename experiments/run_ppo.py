@@ -28,20 +28,39 @@ import numpy as np
 import torch
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from rl_scaniqa.agents.cotrain import (CoTrainRun, CoTrainSettings, setup_cotraining, to_model,
-                                       warm_up_assessor)
+from rl_scaniqa.agents.arguments import build_dataclass, parse_dataclass
+from rl_scaniqa.agents.cotrain import (
+    CoTrainRun,
+    setup_cotraining,
+    to_model,
+    warm_up_assessor,
+)
+from rl_scaniqa.agents.data_args import DataArgs
 from rl_scaniqa.agents.evaluation import SeededPolicyAgent, run_agent, score_scanpaths
+from rl_scaniqa.agents.reporting import (
+    markdown_table,
+    plot_prediction_scatter,
+    plot_scanpath_panels,
+)
+from rl_scaniqa.agents.settings import CoTrainSettings
 from rl_scaniqa.assessor.metrics import evaluate
-from rl_scaniqa.assessor.reporting import (markdown_table, plot_prediction_scatter,
-                                           plot_scanpath_panels)
-from rl_scaniqa.envs.arguments import build_dataclass, parse_dataclass
-from rl_scaniqa.envs.datasets.splits import fit_val_test_split
-from rl_scaniqa.envs.defaults import DataArgs
-from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
-from rl_scaniqa.envs.io_utils import atomic_path, atomic_write_json, atomic_write_text, json_line
+from rl_scaniqa.envs.data.datasets.splits import fit_val_test_split
+from rl_scaniqa.envs.features.cache import FeatureCache, FeatureStats
+from rl_scaniqa.envs.storage import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    json_line,
+)
 
 CHECKPOINT_DIR = "checkpoint"
 PROGRESS_NAME = "progress.json"

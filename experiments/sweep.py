@@ -40,15 +40,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl_scaniqa.agents.cotrain import CoTrainSettings, cotrain
+from rl_scaniqa.agents.arguments import parse_dataclass
+from rl_scaniqa.agents.cotrain import cotrain
+from rl_scaniqa.agents.data_args import DataArgs
 from rl_scaniqa.agents.evaluation import evaluate_agent
-from rl_scaniqa.assessor.reporting import markdown_table
-from rl_scaniqa.envs.arguments import parse_dataclass
-from rl_scaniqa.envs.datasets.splits import fit_val_test_split
-from rl_scaniqa.envs.defaults import DataArgs
-from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
-from rl_scaniqa.envs.io_utils import atomic_write_json, atomic_write_text
+from rl_scaniqa.agents.reporting import markdown_table
+from rl_scaniqa.agents.settings import CoTrainSettings
+from rl_scaniqa.envs.data.datasets.splits import fit_val_test_split
+from rl_scaniqa.envs.features.cache import FeatureCache, FeatureStats
 from rl_scaniqa.envs.progress import ProgressHandle, progress_bar
+from rl_scaniqa.envs.storage import atomic_write_json, atomic_write_text
 
 METRIC = "val_srcc"
 #: Reported when the validation SRCC is undefined (constant predictions): below any real value.

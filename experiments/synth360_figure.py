@@ -18,15 +18,15 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rl_scaniqa.envs.datasets.synth360 import (  # noqa: E402
+from rl_scaniqa.envs.data.datasets.synth360 import (  # noqa: E402
     MosFormula,
     distort,
     plan_distortions,
     render_reference,
     viewport_ssim,
 )
-from rl_scaniqa.envs.distortions import DISTORTIONS, LEVELS, local_mask  # noqa: E402
-from rl_scaniqa.envs.io_utils import atomic_path  # noqa: E402
+from rl_scaniqa.envs.data.distortions import DISTORTIONS, LEVELS, local_mask  # noqa: E402
+from rl_scaniqa.envs.storage import atomic_path  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from rl_scaniqa.envs.arguments import key_value, key_values, parse_dataclass
-from rl_scaniqa.envs.io_utils import json_line, strict_json
+from rl_scaniqa.agents.arguments import key_value, key_values, parse_dataclass
+from rl_scaniqa.envs.storage import json_line, strict_json
 
 
 @dataclass

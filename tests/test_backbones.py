@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from rl_scaniqa.envs.backbones import (
+from rl_scaniqa.envs.features.backbones import (
     BackboneLoadError,
     DinoV2Backbone,
     FusionBackbone,

@@ -22,8 +22,8 @@ from rl_scaniqa.agents.baselines import (
 )
 from rl_scaniqa.agents.evaluation import run_agent
 from rl_scaniqa.assessor.metrics import srcc
-from rl_scaniqa.envs.defaults import random_feature_cache
-from rl_scaniqa.envs.geometry import ViewportGrid
+from rl_scaniqa.envs.data.geometry import ViewportGrid
+from rl_scaniqa.envs.features.random_cache import random_feature_cache
 
 GRID = ViewportGrid()
 FRONT = GRID.nearest(0.0, 0.0)

@@ -9,18 +9,22 @@ import pytest
 import torch
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from rl_scaniqa.agents.cotrain import (CoTrainSettings, ScanIQAModel, build_policy,
-                                       setup_cotraining, to_model)
+from rl_scaniqa.agents.arguments import build_dataclass, parse_dataclass
+from rl_scaniqa.agents.assessor_training import AssessorTrainer, random_paths
+from rl_scaniqa.agents.cotrain import setup_cotraining, to_model
 from rl_scaniqa.agents.evaluation import SeededPolicyAgent, run_agent, score_scanpaths
+from rl_scaniqa.agents.reward_wrapper import (
+    AssessorRewardVecWrapper,
+    AssessorRewardWrapper,
+    TaskRewardSchedule,
+)
+from rl_scaniqa.agents.scaniqa_model import ScanIQAModel, build_policy
+from rl_scaniqa.agents.settings import CoTrainSettings
 from rl_scaniqa.assessor.losses import ranking_reward
 from rl_scaniqa.assessor.model import AssessorConfig, QualityAssessor
-from rl_scaniqa.assessor.reward_wrapper import (AssessorRewardVecWrapper, AssessorRewardWrapper,
-                                                TaskRewardSchedule)
-from rl_scaniqa.assessor.training import AssessorTrainer, random_paths
-from rl_scaniqa.envs.arguments import build_dataclass, parse_dataclass
-from rl_scaniqa.envs.defaults import random_feature_cache
-from rl_scaniqa.envs.feature_cache import FeatureStats
-from rl_scaniqa.envs.geometry import ViewportGrid
+from rl_scaniqa.envs.data.geometry import ViewportGrid
+from rl_scaniqa.envs.features.cache import FeatureStats
+from rl_scaniqa.envs.features.random_cache import random_feature_cache
 from rl_scaniqa.envs.panorama_env import Panorama360Env
 
 GRID = ViewportGrid(n_lon=4, n_lat=2, size=32)

@@ -1,4 +1,4 @@
-"""Tests for rl_scaniqa.envs.datasets: records, MOS scales, splits and the four loaders."""
+"""Tests for rl_scaniqa.envs.data.datasets: records, MOS scales, splits and the four loaders."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from dataset_fixtures import (
     write_sheet,
 )
 
-from rl_scaniqa.envs.datasets import (
+from rl_scaniqa.envs.data.datasets import (
     DATASET_NAMES,
     MOS_SCALES,
     MosScale,
@@ -39,8 +39,8 @@ from rl_scaniqa.envs.datasets import (
     repeated_splits,
     split_by_reference,
 )
+from rl_scaniqa.envs.data.geometry import ViewportGrid
 from rl_scaniqa.envs.errors import DatasetError, LabelError
-from rl_scaniqa.envs.geometry import ViewportGrid
 
 
 def where(path: Path, line: int, unit: str = "line") -> str:
@@ -855,7 +855,7 @@ def test_records_split_end_to_end(cviqd_full: Path) -> None:
 
 
 def test_fit_val_test_split_is_the_two_step_split_by_reference() -> None:
-    from rl_scaniqa.envs.datasets import fit_val_test_split
+    from rl_scaniqa.envs.data.datasets import fit_val_test_split
 
     refs = [f"r{k % 17}" for k in range(170)]
     split = fit_val_test_split(refs, test_fraction=0.2, val_fraction=0.25, seed=3)

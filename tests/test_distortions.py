@@ -1,4 +1,4 @@
-"""Tests for rl_scaniqa.envs.distortions: graded levels, determinism, local caps."""
+"""Tests for rl_scaniqa.envs.data.distortions: graded levels, determinism, local caps."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from rl_scaniqa.envs.distortions import (
+from rl_scaniqa.envs.data.distortions import (
     DISTORTIONS,
     LEVELS,
     STITCH_SHIFT_DEG,

@@ -23,13 +23,14 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 import rl_scaniqa.envs
 from rl_scaniqa.envs import ENV_ID, QUALIFIED_ENV_ID
-from rl_scaniqa.envs.datasets import split_by_reference
-from rl_scaniqa.envs.defaults import ensure_default_data, random_feature_cache
-from rl_scaniqa.envs.io_utils import exclusive_lock
+from rl_scaniqa.envs.data.datasets import split_by_reference
+from rl_scaniqa.envs.data.geometry import ViewportGrid
 from rl_scaniqa.envs.errors import DatasetError
-from rl_scaniqa.envs.feature_cache import FeatureStats
-from rl_scaniqa.envs.geometry import ViewportGrid
+from rl_scaniqa.envs.features.cache import FeatureStats
+from rl_scaniqa.envs.features.provision import ensure_default_data
+from rl_scaniqa.envs.features.random_cache import random_feature_cache
 from rl_scaniqa.envs.panorama_env import Panorama360Env, make_env, observation_space_for
+from rl_scaniqa.envs.storage import exclusive_lock
 
 GRID = ViewportGrid(n_lon=4, n_lat=3, fov_deg=90.0, size=32)
 V, D = GRID.n_viewports, 8

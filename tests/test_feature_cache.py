@@ -15,14 +15,22 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from skimage.metrics import structural_similarity
 
-from rl_scaniqa.envs.backbones import Backbone, NSSBackbone
-from rl_scaniqa.envs.datasets.records import MosScale, PanoramaRecord
-from rl_scaniqa.envs.distortions import DISTORTIONS, apply_distortion
+from rl_scaniqa.envs.data.datasets.records import MosScale, PanoramaRecord
+from rl_scaniqa.envs.data.distortions import DISTORTIONS, apply_distortion
+from rl_scaniqa.envs.data.geometry import ViewportGrid, extract_viewports
+from rl_scaniqa.envs.data.imageio import read_erp
 from rl_scaniqa.envs.errors import CacheError, DatasetError, ImageError
-from rl_scaniqa.envs.feature_cache import (AUGMENTATION_VIEWS, FeatureStats, augmentation_for, build_cache,
-                                           get_or_build_cache, grey_viewports, load_cache, ssim_matrix)
-from rl_scaniqa.envs.geometry import ViewportGrid, extract_viewports
-from rl_scaniqa.envs.imageio import read_erp
+from rl_scaniqa.envs.features.backbones import Backbone, NSSBackbone
+from rl_scaniqa.envs.features.cache import (
+    AUGMENTATION_VIEWS,
+    FeatureStats,
+    augmentation_for,
+    build_cache,
+    get_or_build_cache,
+    grey_viewports,
+    load_cache,
+    ssim_matrix,
+)
 
 GRID = ViewportGrid(size=32)
 VIEWS = ("weak", "mild", "heavy")

@@ -1,4 +1,4 @@
-"""Tests for rl_scaniqa.envs.geometry: grid layout, projection correctness, coverage, outlines."""
+"""Tests for rl_scaniqa.envs.data.geometry: grid layout, projection correctness, coverage, outlines."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import skimage.data
 
-from rl_scaniqa.envs import geometry
-from rl_scaniqa.envs.geometry import (
+from rl_scaniqa.envs.data import geometry
+from rl_scaniqa.envs.data.geometry import (
     ViewportGrid,
     coverage_matrix,
     extract_viewport,

@@ -2,8 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
+from rl_scaniqa.envs.data.imageio import as_erp_array, read_erp, write_image
 from rl_scaniqa.envs.errors import ImageError
-from rl_scaniqa.envs.imageio import as_erp_array, read_erp, write_image
 
 
 def _panorama(height: int = 64, width: int = 128, seed: int = 0) -> np.ndarray:

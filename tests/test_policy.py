@@ -21,8 +21,8 @@ from rl_scaniqa.agents import (
     ScanpathHead,
     ScanpathPolicy,
 )
-from rl_scaniqa.envs.defaults import random_feature_cache
-from rl_scaniqa.envs.geometry import ViewportGrid
+from rl_scaniqa.envs.data.geometry import ViewportGrid
+from rl_scaniqa.envs.features.random_cache import random_feature_cache
 from rl_scaniqa.envs.panorama_env import Panorama360Env, observation_space_for
 
 GRID = ViewportGrid(n_lon=4, n_lat=3, fov_deg=90.0, size=32)

@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 
-from rl_scaniqa.agents.cotrain import MODEL_CONFIG_NAME
-from rl_scaniqa.assessor.scorer import DEFAULT_MODEL_DIR, Scorer
-from rl_scaniqa.envs.backbones import make_backbone
-from rl_scaniqa.envs.datasets.synth360 import render_reference
-from rl_scaniqa.envs.distortions import apply_distortion
+from rl_scaniqa.agents.scaniqa_model import MODEL_CONFIG_NAME
+from rl_scaniqa.agents.scorer import DEFAULT_MODEL_DIR, Scorer
+from rl_scaniqa.envs.data.datasets.synth360 import render_reference
+from rl_scaniqa.envs.data.distortions import apply_distortion
+from rl_scaniqa.envs.features.backbones import make_backbone
 
 
 def test_shipped_model_records_how_it_was_made():

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rl_scaniqa.envs.defaults import random_feature_cache
+from rl_scaniqa.envs.features.random_cache import random_feature_cache
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "reproduce.py"
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from rl_scaniqa.envs import rewards
-from rl_scaniqa.envs.defaults import random_feature_cache
-from rl_scaniqa.envs.geometry import ViewportGrid, coverage_matrix
+from rl_scaniqa.envs.data.geometry import ViewportGrid, coverage_matrix
+from rl_scaniqa.envs.features.random_cache import random_feature_cache
 from rl_scaniqa.envs.panorama_env import N_SPHERE_POINTS, Panorama360Env
 
 GRID = ViewportGrid(n_lon=4, n_lat=3, fov_deg=90.0, size=32)

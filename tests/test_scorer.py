@@ -1,4 +1,4 @@
-"""Tests of rl_scaniqa.assessor.scorer and ``rl-scaniqa score``: a tiny saved model, small ERPs."""
+"""Tests of rl_scaniqa.agents.scorer and ``rl-scaniqa score``: a tiny saved model, small ERPs."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from rl_scaniqa.agents.cotrain import (AssessorSettings, CoTrainSettings, PPOSettings, ScanIQAModel,
-                                       build_policy)
-from rl_scaniqa.assessor.model import AssessorConfig, QualityAssessor
-from rl_scaniqa.assessor.scorer import (
+from rl_scaniqa.agents.cli import main
+from rl_scaniqa.agents.scaniqa_model import ScanIQAModel, build_policy
+from rl_scaniqa.agents.scorer import (
     CSV_COLUMNS,
     PREVIEW_SHAPE,
     STAGES,
@@ -22,14 +21,15 @@ from rl_scaniqa.assessor.scorer import (
     ScorerError,
     find_images,
 )
-from rl_scaniqa.envs.backbones import CountingBackbone, NSSBackbone
-from rl_scaniqa.envs.cli import main
-from rl_scaniqa.envs.datasets.records import MosScale
-from rl_scaniqa.envs.defaults import random_feature_cache
+from rl_scaniqa.agents.settings import AssessorSettings, CoTrainSettings, PPOSettings
+from rl_scaniqa.assessor.model import AssessorConfig, QualityAssessor
+from rl_scaniqa.envs.data.datasets.records import MosScale
+from rl_scaniqa.envs.data.geometry import ViewportGrid
+from rl_scaniqa.envs.data.imageio import write_image
 from rl_scaniqa.envs.errors import ImageError
-from rl_scaniqa.envs.feature_cache import FeatureStats
-from rl_scaniqa.envs.geometry import ViewportGrid
-from rl_scaniqa.envs.imageio import write_image
+from rl_scaniqa.envs.features.backbones import CountingBackbone, NSSBackbone
+from rl_scaniqa.envs.features.cache import FeatureStats
+from rl_scaniqa.envs.features.random_cache import random_feature_cache
 
 GRID = ViewportGrid(size=32)
 K, T = 3, 4
@@ -97,7 +97,7 @@ def test_scores_a_panorama_end_to_end(scorer: Scorer, tmp_path: Path) -> None:
 def test_score_is_the_assessor_mean_on_the_mos_scale(scorer: Scorer,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """score/std are the harness's 0-1 mean/std over the K paths mapped to the MOS scale 1..5."""
-    import rl_scaniqa.assessor.scorer as module
+    import rl_scaniqa.agents.scorer as module
     from rl_scaniqa.agents.evaluation import score_scanpaths
 
     captured = {}

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from rl_scaniqa.envs.datasets.synth360 import generate_synth360
+from rl_scaniqa.envs.data.datasets.synth360 import generate_synth360
+from rl_scaniqa.envs.data.geometry import ViewportGrid
 from rl_scaniqa.envs.errors import CacheError
-from rl_scaniqa.envs.feature_cache import load_cache
-from rl_scaniqa.envs.geometry import ViewportGrid
+from rl_scaniqa.envs.features.cache import load_cache
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def wait_for(predicate, process: subprocess.Popen, timeout: float = 120.0) -> No
 
 def test_cache_cli_resumes_after_kill_and_rebuilds_when_stale(tiny_synth, tmp_path):
     cache_dir = tmp_path / "cache"
-    command = [sys.executable, "-m", "rl_scaniqa.envs.cli", "cache", "--dataset", "synth360",
+    command = [sys.executable, "-m", "rl_scaniqa.agents.cli", "cache", "--dataset", "synth360",
                "--root", str(tiny_synth), "--size", "32", "--chunk-size", "2",
                "--augment", "weak,heavy", "--cache-dir", str(cache_dir), "--json",
                "--no-progress"]

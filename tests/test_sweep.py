@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rl_scaniqa.agents.cotrain import CoTrainSettings, PPOSettings
-from rl_scaniqa.envs.defaults import random_feature_cache
+from rl_scaniqa.agents.settings import CoTrainSettings, PPOSettings
+from rl_scaniqa.envs.features.random_cache import random_feature_cache
 
 pytest.importorskip("ray.tune", reason='Ray Tune is not installed: pip install "rl-scaniqa[sweep]"')
 

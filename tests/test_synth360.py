@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rl_scaniqa.envs.datasets import load_dataset
-from rl_scaniqa.envs.datasets.synth360 import (
+from rl_scaniqa.envs.data.datasets import load_dataset
+from rl_scaniqa.envs.data.datasets.synth360 import (
     LABEL_COLUMNS,
     MANIFEST_NAME,
     SYNTH360_VERSION,
@@ -25,9 +25,9 @@ from rl_scaniqa.envs.datasets.synth360 import (
     render_reference,
     viewport_ssim,
 )
-from rl_scaniqa.envs.distortions import DISTORTIONS, local_mask
+from rl_scaniqa.envs.data.distortions import DISTORTIONS, local_mask
+from rl_scaniqa.envs.data.imageio import read_erp
 from rl_scaniqa.envs.errors import DatasetError
-from rl_scaniqa.envs.imageio import read_erp
 
 # Tiny configuration: 2 contents x (3 combinations x 3 levels + reference) = 20 images of 256 x 128.
 TINY = {"n_refs": 2, "width": 256, "seed": 0, "combos_per_ref": 3, "progress": False}

@@ -4,7 +4,7 @@ For every image of a dataset, one backbone and one viewport grid, the cache hold
 
 * the backbone features of the V viewports and of the global view (the whole ERP, resized);
 * the grey-level Shannon entropy of each viewport (256 bins, bits, 0..8; grey = BT.601 luma as
-  ``cv2.COLOR_RGB2GRAY``, computed by :func:`rl_scaniqa.envs.backbones.grey_entropy`);
+  ``cv2.COLOR_RGB2GRAY``, computed by :func:`rl_scaniqa.envs.features.backbones.grey_entropy`);
 * the V x V matrix of SSIM between the grey viewports (symmetric, diagonal 1), for the env's
   ``1 - SSIM(x_t, x_{t-1})`` reward;
 * a 128 x 256 RGB thumbnail (``cv2.INTER_AREA``), only for rendering;
@@ -12,7 +12,7 @@ For every image of a dataset, one backbone and one viewport grid, the cache hold
   mapped with :meth:`ViewportGrid.nearest`; ``-1`` when absent);
 * the label fields (image id, path, reference id, distortion, level, raw MOS);
 * optionally the viewport and global features of *augmented views*: real image-space
-  distortions (:mod:`rl_scaniqa.envs.distortions`) applied to the ERP before projection, for
+  distortions (:mod:`rl_scaniqa.envs.data.distortions`) applied to the ERP before projection, for
   the assessor's consistency, triplet and cross-ranking losses. ``weak`` is level 1 of a
   photometric, noise or JPEG distortion; ``mild`` and ``heavy`` are levels 2 and 4-5 of one kind
   per image (JPEG, JPEG2000, blur, noise, over- or under-exposure), so clean > mild > heavy holds
@@ -111,14 +111,18 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from rl_scaniqa.envs.backbones import Backbone, global_view, grey_entropy
-from rl_scaniqa.envs.datasets.records import MosScale, PanoramaRecord, mos_scale_for
-from rl_scaniqa.envs.distortions import apply_distortion
+from rl_scaniqa.envs.data.datasets.records import (
+    MosScale,
+    PanoramaRecord,
+    mos_scale_for,
+)
+from rl_scaniqa.envs.data.distortions import apply_distortion
+from rl_scaniqa.envs.data.geometry import ViewportGrid, extract_viewports
+from rl_scaniqa.envs.data.imageio import read_erp
 from rl_scaniqa.envs.errors import CacheError, DatasetError, ImageError
-from rl_scaniqa.envs.geometry import ViewportGrid, extract_viewports
-from rl_scaniqa.envs.imageio import read_erp
-from rl_scaniqa.envs.io_utils import atomic_path, exclusive_lock
+from rl_scaniqa.envs.features.backbones import Backbone, global_view, grey_entropy
 from rl_scaniqa.envs.progress import progress_bar
+from rl_scaniqa.envs.storage import atomic_path, exclusive_lock
 
 __all__ = [
     "AUGMENTATION_VIEWS",

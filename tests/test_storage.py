@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from rl_scaniqa.envs.io_utils import atomic_path, atomic_write_json, default_home
+from rl_scaniqa.envs.storage import atomic_path, atomic_write_json, default_home
 
 
 def test_atomic_write_json_round_trip(tmp_path):

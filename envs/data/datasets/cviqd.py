@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from rl_scaniqa.envs.datasets.records import (
+from rl_scaniqa.envs.data.datasets.records import (
     PanoramaRecord,
     PathLike,
     ScoreLine,
     check_all_labelled,
-    numbered_images,
     find_label_file,
+    numbered_images,
     parse_score,
     read_name_score_file,
     require_directory,

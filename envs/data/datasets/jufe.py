@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rl_scaniqa.envs.datasets.records import (
+from rl_scaniqa.envs.data.datasets.records import (
     PanoramaRecord,
     PathLike,
     check_all_labelled,
@@ -70,7 +70,7 @@ from rl_scaniqa.envs.datasets.records import (
 from rl_scaniqa.envs.errors import DatasetError, LabelError
 
 if TYPE_CHECKING:
-    from rl_scaniqa.envs.geometry import ViewportGrid
+    from rl_scaniqa.envs.data.geometry import ViewportGrid
 
 JUFE_DISTORTIONS: dict[str, str] = {
     "bd": "brightness",
@@ -470,7 +470,7 @@ def _empty_scanpaths(grid: ViewportGrid) -> dict[str, Any]:
 
 def _grid_or_default(grid: ViewportGrid | None) -> ViewportGrid:
     # Imported here: scanpaths are optional, and geometry pulls in OpenCV.
-    from rl_scaniqa.envs.geometry import ViewportGrid
+    from rl_scaniqa.envs.data.geometry import ViewportGrid
 
     return grid if grid is not None else ViewportGrid()
 

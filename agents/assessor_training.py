@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from rl_scaniqa.agents.reward_wrapper import FinishedPath
 from rl_scaniqa.assessor.losses import AssessorLossWeights, combined_loss
 from rl_scaniqa.assessor.model import QualityAssessor
-from rl_scaniqa.assessor.reward_wrapper import FinishedPath
-from rl_scaniqa.envs.feature_cache import FeatureCache, FeatureStats
+from rl_scaniqa.envs.features.cache import FeatureCache, FeatureStats
 
 #: Names of the augmented views used by the losses, as built by the feature cache.
 LOSS_VIEWS = ("weak", "mild", "heavy")

@@ -29,7 +29,7 @@ Distortions
 -----------
 Each content gets ``combos_per_ref`` (kind, scope) combinations with distinct kinds, balanced over
 the whole set (least-used combination first), each at ``levels`` (default 1, 3, 5) from
-:mod:`rl_scaniqa.envs.distortions`. ``local`` applies the distortion only inside a feathered
+:mod:`rl_scaniqa.envs.data.distortions`. ``local`` applies the distortion only inside a feathered
 spherical cap (radius 25-40°, feather 10°), whose centre is drawn with probability proportional
 to the reference's local gradient energy times ``cos(pitch)`` (so the damage lands on structure,
 where it is visible, not on a flat sky) and down-weighted 4x within 45° of the front direction
@@ -105,12 +105,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rl_scaniqa.envs import distortions as dist
+from rl_scaniqa.envs.data import distortions as dist
+from rl_scaniqa.envs.data.geometry import ViewportGrid, extract_viewports
+from rl_scaniqa.envs.data.imageio import write_image
 from rl_scaniqa.envs.errors import DatasetError
-from rl_scaniqa.envs.geometry import ViewportGrid, extract_viewports
-from rl_scaniqa.envs.imageio import write_image
-from rl_scaniqa.envs.io_utils import atomic_write_json, atomic_write_text
 from rl_scaniqa.envs.progress import progress_bar
+from rl_scaniqa.envs.storage import atomic_write_json, atomic_write_text
 
 __all__ = [
     "DEFAULT_LEVELS",

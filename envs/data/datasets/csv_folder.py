@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rl_scaniqa.envs.datasets.records import (
+from rl_scaniqa.envs.data.datasets.records import (
     PanoramaRecord,
     PathLike,
     parse_score,

@@ -31,19 +31,28 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from rl_scaniqa.envs.datasets.csv_folder import load_csv_folder
-from rl_scaniqa.envs.datasets.cviqd import cviqd_image_info, load_cviqd
-from rl_scaniqa.envs.datasets.jufe import load_jufe
-from rl_scaniqa.envs.datasets.oiqa import OIQA_GROUP_LAYOUT, load_oiqa, oiqa_group_layout
-from rl_scaniqa.envs.datasets.records import (
+from rl_scaniqa.envs.data.datasets.csv_folder import load_csv_folder
+from rl_scaniqa.envs.data.datasets.cviqd import cviqd_image_info, load_cviqd
+from rl_scaniqa.envs.data.datasets.jufe import load_jufe
+from rl_scaniqa.envs.data.datasets.oiqa import (
+    OIQA_GROUP_LAYOUT,
+    load_oiqa,
+    oiqa_group_layout,
+)
+from rl_scaniqa.envs.data.datasets.records import (
     MOS_SCALES,
     MosScale,
     PanoramaRecord,
     PathLike,
     mos_scale_for,
 )
-from rl_scaniqa.envs.datasets.splits import (FitValTestSplit, ReferenceSplit, fit_val_test_split,
-                                             repeated_splits, split_by_reference)
+from rl_scaniqa.envs.data.datasets.splits import (
+    FitValTestSplit,
+    ReferenceSplit,
+    fit_val_test_split,
+    repeated_splits,
+    split_by_reference,
+)
 from rl_scaniqa.envs.errors import DatasetError
 
 LOADERS: dict[str, Callable[..., list[PanoramaRecord]]] = {

@@ -21,13 +21,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from rl_scaniqa.envs.datasets.records import (
+from rl_scaniqa.envs.data.datasets.records import (
     PanoramaRecord,
     PathLike,
     ScoreLine,
     check_all_labelled,
-    numbered_images,
     find_label_file,
+    numbered_images,
     read_name_score_file,
     require_directory,
 )

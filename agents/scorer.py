@@ -2,7 +2,7 @@
 
 The scoring API behind ``rl-scaniqa score``::
 
-    from rl_scaniqa.assessor.scorer import Scorer
+    from rl_scaniqa.agents.scorer import Scorer
 
     scorer = Scorer.from_pretrained()               # the model shipped with the package
     result = scorer.score("pano.jpg")               # ScoreResult
@@ -15,10 +15,10 @@ What happens to an image
 ------------------------
 One code path for every image, the same as in training: the ERP is read (:func:`read_erp`), its
 viewports, global view and thumbnail are projected and then encoded exactly as the feature-cache
-builder does it (:func:`~rl_scaniqa.envs.feature_cache.project_image` and
-:func:`~rl_scaniqa.envs.feature_cache.encode_projected`: V + 1 images through the backbone,
+builder does it (:func:`~rl_scaniqa.envs.features.cache.project_image` and
+:func:`~rl_scaniqa.envs.features.cache.encode_projected`: V + 1 images through the backbone,
 viewport entropies, the viewport SSIM matrix). The rows become an in-memory
-:class:`~rl_scaniqa.envs.feature_cache.FeatureCache`; the policy walks K scanpaths of T steps on
+:class:`~rl_scaniqa.envs.features.cache.FeatureCache`; the policy walks K scanpaths of T steps on
 it through the common evaluation harness (:func:`~rl_scaniqa.agents.evaluation.run_agent`, with
 the model's feature standardisation and start rule), and the assessor scores every path
 (:func:`~rl_scaniqa.agents.evaluation.score_scanpaths`). Viewport features are computed once per
@@ -78,17 +78,30 @@ import cv2
 import numpy as np
 import torch
 
-from rl_scaniqa.agents.cotrain import MODEL_CONFIG_NAME, ScanIQAModel, build_policy
 from rl_scaniqa.agents.evaluation import SeededPolicyAgent, run_agent, score_scanpaths
 from rl_scaniqa.agents.policy import ScanpathPolicy
-from rl_scaniqa.envs.backbones import Backbone, make_backbone, resolve_device
+from rl_scaniqa.agents.scaniqa_model import (
+    MODEL_CONFIG_NAME,
+    ScanIQAModel,
+    build_policy,
+)
+from rl_scaniqa.envs.data.imageio import (
+    SUPPORTED_SUFFIXES,
+    as_erp_array,
+    read_erp,
+    write_image,
+)
 from rl_scaniqa.envs.errors import RLScanIQAError
-from rl_scaniqa.envs.feature_cache import (FeatureCache, ProjectedImage, encode_projected,
-                                           project_image)
-from rl_scaniqa.envs.imageio import SUPPORTED_SUFFIXES, as_erp_array, read_erp, write_image
-from rl_scaniqa.envs.io_utils import atomic_path, json_line
+from rl_scaniqa.envs.features.backbones import Backbone, make_backbone, resolve_device
+from rl_scaniqa.envs.features.cache import (
+    FeatureCache,
+    ProjectedImage,
+    encode_projected,
+    project_image,
+)
 from rl_scaniqa.envs.progress import progress_bar
 from rl_scaniqa.envs.render import draw_scanpaths
+from rl_scaniqa.envs.storage import atomic_path, json_line
 
 __all__ = [
     "CSV_COLUMNS",
@@ -162,7 +175,7 @@ def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Image files named by ``paths``: files as given, folders searched recursively.
 
     Files inside folders are kept when their suffix (any case) is one of
-    :data:`~rl_scaniqa.envs.imageio.SUPPORTED_SUFFIXES`, sorted per folder. A path that does not
+    :data:`~rl_scaniqa.envs.data.imageio.SUPPORTED_SUFFIXES`, sorted per folder. A path that does not
     exist is returned as it is, so that scoring reports it as an error.
     """
     found: list[Path] = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rl_scaniqa.envs.datasets.records import PanoramaRecord
+from rl_scaniqa.envs.data.datasets.records import PanoramaRecord
 from rl_scaniqa.envs.errors import DatasetError
 
 

@@ -21,9 +21,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rl_scaniqa.envs.arguments import key_value
+from rl_scaniqa.agents.arguments import key_value
 from rl_scaniqa.envs.errors import RLScanIQAError
-from rl_scaniqa.envs.io_utils import json_line
+from rl_scaniqa.envs.storage import json_line
 
 DATASET_NAMES = ("synth360", "cviqd", "oiqa", "jufe", "csv")
 
@@ -44,13 +44,13 @@ def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _grid_from_args(args: argparse.Namespace):
-    from rl_scaniqa.envs.geometry import ViewportGrid
+    from rl_scaniqa.envs.data.geometry import ViewportGrid
 
     return ViewportGrid(n_lon=args.n_lon, n_lat=args.n_lat, fov_deg=args.fov, size=args.size)
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from rl_scaniqa.envs.datasets.synth360 import generate_synth360
+    from rl_scaniqa.envs.data.datasets.synth360 import generate_synth360
 
     options = {"seed": args.seed, "quick": args.quick, "progress": not args.no_progress,
                "overwrite": args.overwrite}
@@ -64,10 +64,10 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_cache(args: argparse.Namespace) -> int:
-    from rl_scaniqa.envs.backbones import make_backbone
-    from rl_scaniqa.envs.datasets import load_dataset
-    from rl_scaniqa.envs.feature_cache import build_cache, load_cache
-    from rl_scaniqa.envs.io_utils import default_home
+    from rl_scaniqa.envs.data.datasets import load_dataset
+    from rl_scaniqa.envs.features.backbones import make_backbone
+    from rl_scaniqa.envs.features.cache import build_cache, load_cache
+    from rl_scaniqa.envs.storage import default_home
 
     records = load_dataset(args.dataset, Path(args.root), **dict(args.option))
     backbone = make_backbone(args.backbone, device=args.device, batch_size=args.batch_size)
@@ -85,7 +85,7 @@ def run_cache(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from rl_scaniqa.assessor.scorer import Scorer, find_images, write_score_outputs
+    from rl_scaniqa.agents.scorer import Scorer, find_images, write_score_outputs
 
     scorer = Scorer.from_pretrained(args.model, backbone=args.backbone, device=args.device,
                                     k=args.k, t=args.t, seed=args.seed)

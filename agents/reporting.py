@@ -16,9 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from rl_scaniqa.envs.geometry import ViewportGrid  # noqa: E402
-from rl_scaniqa.envs.io_utils import atomic_path  # noqa: E402
+from rl_scaniqa.envs.data.geometry import ViewportGrid  # noqa: E402
 from rl_scaniqa.envs.render import draw_scanpaths  # noqa: E402
+from rl_scaniqa.envs.storage import atomic_path  # noqa: E402
 
 
 def format_value(value: object, digits: int = 3) -> str:

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from rl_scaniqa.envs.errors import ImageError
-from rl_scaniqa.envs.io_utils import atomic_path
+from rl_scaniqa.envs.storage import atomic_path
 
 __all__ = ["SUPPORTED_SUFFIXES", "as_erp_array", "read_erp", "write_image"]
 

@@ -1,0 +1,58 @@
+"""Dataset, backbone and viewport-grid arguments shared by the experiment scripts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rl_scaniqa.agents.arguments import key_values
+from rl_scaniqa.envs.data.geometry import ViewportGrid
+from rl_scaniqa.envs.features.cache import FeatureCache
+from rl_scaniqa.envs.features.provision import DEFAULT_DATASET, prepare_feature_cache
+
+
+@dataclass
+class DataArgs:
+    """Dataset, backbone and viewport-grid arguments shared by the experiment scripts.
+
+    The scripts' argument dataclasses inherit these fields (so every script spells them the same:
+    ``--dataset``, ``--root``, ``--dataset-options``, ``--backbone``, ``--n-lon`` …) and load
+    their feature cache through :meth:`feature_cache`.
+    """
+
+    dataset: str = DEFAULT_DATASET
+    root: str = ""
+    dataset_options: str = ""
+    backbone: str = "nss"
+    n_lon: int = 8
+    n_lat: int = 4
+    fov: float = 90.0
+    size: int = 224
+    augmentations: str = "weak,mild,heavy"
+    cache_dir: str = ""
+
+    def grid(self) -> ViewportGrid:
+        """The viewport grid these arguments describe."""
+        return ViewportGrid(n_lon=self.n_lon, n_lat=self.n_lat, fov_deg=self.fov, size=self.size)
+
+    def loader_options(self, dataset: str | None = None, text: str | None = None) -> dict[str, Any]:
+        """``KEY=VALUE,...`` loader options (default: ``dataset_options``) as keyword arguments.
+
+        JUFE's head-movement scanpaths are mapped to viewports of this grid, so it gets the grid.
+        """
+        options: dict[str, Any] = key_values(self.dataset_options if text is None else text)
+        if (dataset or self.dataset).lower() == "jufe" and "hm_root" in options:
+            options["grid"] = self.grid()
+        return options
+
+    def feature_cache(self, *, dataset: str | None = None, root: str | None = None,
+                      options_text: str | None = None, quick_default: bool = False,
+                      progress: bool = True) -> FeatureCache:
+        """The feature cache of this dataset (or of ``dataset``/``root``), built on first use."""
+        name = dataset or self.dataset
+        folder = self.root if root is None else root
+        return prepare_feature_cache(
+            name, folder or None, backbone=self.backbone, grid=self.grid(),
+            augmentations=tuple(a for a in self.augmentations.split(",") if a),
+            cache_dir=self.cache_dir or None, dataset_options=self.loader_options(name, options_text),
+            quick_default=quick_default, progress=progress)
