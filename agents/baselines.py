@@ -41,6 +41,7 @@ import numpy as np
 
 from rl_scaniqa.envs.data.geometry import ViewportGrid, lonlat_to_xyz
 from rl_scaniqa.envs.features.cache import FeatureCache
+from rl_scaniqa.envs.panorama_env import allowed_viewports
 from rl_scaniqa.envs.rewards import equator_term
 
 #: Directions (yaw, pitch) in degrees of the cube faces, in the order the agent visits them.
@@ -63,11 +64,8 @@ def _as_batch(observation: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarr
 
 
 def _allowed(batch: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Bool (n, V): the env's mask, unvisited viewports (all of them once every one is visited)."""
-    allowed = np.asarray(batch["visited"]) < 0.5
-    exhausted = ~allowed.any(axis=1)
-    allowed[exhausted] = True
-    return allowed
+    """Bool (n, V): the env's mask (:func:`~rl_scaniqa.envs.panorama_env.allowed_viewports`)."""
+    return allowed_viewports(np.asarray(batch["visited"]))
 
 
 def _counters(batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -43,6 +43,8 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
+from rl_scaniqa.envs.panorama_env import allowed_viewports
+
 OBSERVATION_KEYS = ("global", "candidates", "history", "visited")
 #: Logit of a masked (already visited) viewport; equal to sb3-contrib's, so both masks agree and
 #: log-probabilities stay finite in ``evaluate_actions``.
@@ -179,7 +181,5 @@ class ScanpathExtractor(BaseFeaturesExtractor):
 
         energy = _tanh(keys + self.query(state).unsqueeze(1))  # (B, V, A)
         logits = self.score(energy).squeeze(-1)  # (B, V)
-        masked = observations["visited"] > 0.5
-        # With every viewport visited (T >= V) the env accepts any action: leave them all open.
-        masked = masked & ~masked.all(dim=1, keepdim=True)
+        masked = ~allowed_viewports(observations["visited"])
         return th.cat((logits.masked_fill(masked, MASKED_LOGIT), state), dim=1)

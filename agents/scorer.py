@@ -97,6 +97,7 @@ from rl_scaniqa.envs.features.cache import (
     FeatureCache,
     ProjectedImage,
     encode_projected,
+    no_augmentations,
     project_image,
 )
 from rl_scaniqa.envs.progress import progress_bar
@@ -526,10 +527,6 @@ class Scorer:
     def _cache_of(self, names: list[str], rows: list[dict[str, np.ndarray]]) -> FeatureCache:
         """An in-memory feature cache of encoded images (unlabelled: MOS is NaN)."""
         n, grid, dim = len(rows), self.model.grid, self.backbone.dim
-
-        def stack(key: str) -> np.ndarray:
-            return np.stack([row[key] for row in rows])
-
         return FeatureCache(
             backbone=self.backbone.name, dim=dim, grid=grid, dataset="scored",
             mos_scale=self.model.mos_scale,
@@ -537,11 +534,9 @@ class Scorer:
             image_ids=[str(i) for i in range(n)], paths=names, ref_ids=names,
             distortions=["unknown"] * n, levels=np.zeros(n, dtype=np.int64),
             mos=np.full(n, np.nan, dtype=np.float32),
-            viewport_features=stack("viewport_features"), global_features=stack("global_features"),
-            entropy=stack("entropy"), ssim=stack("ssim"), thumbnails=stack("thumbnails"),
+            **{name: np.stack([row[name] for row in rows]) for name in rows[0]},
             start_viewports=np.full(n, -1, dtype=np.int64), augmentations=(),
-            aug_viewport_features=np.zeros((n, 0, grid.n_viewports, dim), np.float32),
-            aug_global_features=np.zeros((n, 0, dim), np.float32),
+            **no_augmentations(n, grid.n_viewports, dim),
         )
 
 

@@ -6,7 +6,7 @@ import inspect
 import math
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -18,6 +18,9 @@ from rl_scaniqa.envs.data.geometry import ViewportGrid, coverage_matrix
 from rl_scaniqa.envs.errors import CacheError
 from rl_scaniqa.envs.features.cache import FeatureCache, FeatureStats
 from rl_scaniqa.envs.render import draw_scanpaths, path_colors, scanpath_text
+
+if TYPE_CHECKING:
+    import torch
 
 START_MODES = ("front", "random_equator", "dataset")
 SPLITS = ("train", "test", "all")
@@ -452,9 +455,7 @@ class Panorama360Env(gym.Env[Observation, int]):
         }
 
     def _mask(self) -> np.ndarray:
-        if self._n_unique >= self._n_viewports:
-            return np.ones(self._n_viewports, dtype=bool)
-        return self._visited == 0.0
+        return allowed_viewports(self._visited)
 
     def _action_index(self, action: Any) -> int:
         if type(action) is int:
@@ -470,6 +471,21 @@ class Panorama360Env(gym.Env[Observation, int]):
         if not 0 <= index < self._n_viewports:
             raise ValueError(f"action {index} is outside the action space 0..{self._n_viewports - 1}")
         return index
+
+
+ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
+
+
+def allowed_viewports(visited: ArrayT) -> ArrayT:
+    """The revisit mask: True where a viewport may be chosen next, over the last axis.
+
+    The one definition of the rule, shared by the env, the baseline agents and the policy's
+    attention (which applies it to torch tensors): the viewports not yet visited in the current
+    path, or all of them once every one is visited (paths longer than the grid). ``visited`` is
+    the observation's 0/1 array, NumPy ``(..., V)`` or a torch tensor of that shape.
+    """
+    allowed = visited < 0.5
+    return allowed | ~allowed.any(-1)[..., None]
 
 
 def observation_space_for(n_viewports: int, dim: int, path_length: int, n_paths: int,
@@ -527,29 +543,11 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def _check_cache(cache: FeatureCache) -> None:
-    """Shape checks, so a hand-made or foreign cache fails here and not mid-episode."""
-    n_images, n_viewports, dim = len(cache), cache.grid.n_viewports, cache.dim
+    """Schema checks, so a hand-made or foreign cache fails here and not mid-episode."""
     name = f"feature cache (dataset {cache.dataset!r}, backbone {cache.backbone!r})"
-    if n_images < 1:
+    if len(cache) < 1:
         raise CacheError(f"{name} holds no images")
-    expected = {
-        "viewport_features": (n_images, n_viewports, dim),
-        "global_features": (n_images, dim),
-        "entropy": (n_images, n_viewports),
-        "ssim": (n_images, n_viewports, n_viewports),
-        "start_viewports": (n_images,),
-        "mos": (n_images,),
-    }
-    for field, shape in expected.items():
-        actual = np.shape(getattr(cache, field))
-        if actual != shape:
-            raise CacheError(f"{name}: {field} has shape {actual}, expected {shape}")
-    thumbnails = np.asarray(cache.thumbnails)
-    if thumbnails.ndim != 4 or thumbnails.shape[0] != n_images or thumbnails.shape[3] != 3:
-        raise CacheError(f"{name}: thumbnails must be (M, H, W, 3), got {thumbnails.shape}")
-    starts = np.asarray(cache.start_viewports)
-    if starts.min() < -1 or starts.max() >= n_viewports:
-        raise CacheError(f"{name}: start_viewports must be -1 or a viewport index < {n_viewports}")
+    cache.validate(name)
 
 
 def _resolve_stats(stats: FeatureStats | Mapping[str, Any] | None, cache: FeatureCache,

@@ -126,9 +126,13 @@ from rl_scaniqa.envs.storage import atomic_path, exclusive_lock
 
 __all__ = [
     "AUGMENTATION_VIEWS",
+    "CACHE_ARRAYS",
+    "CACHE_LISTS",
     "FORMAT_VERSION",
+    "PIXEL_ARRAYS",
     "SSIM_RESOLUTION",
     "AugmentationChoice",
+    "CacheArray",
     "FeatureCache",
     "FeatureStats",
     "ProjectedImage",
@@ -136,11 +140,13 @@ __all__ = [
     "build_cache",
     "cache_key",
     "cache_path",
+    "check_arrays",
     "dataset_fingerprint",
     "encode_projected",
     "get_or_build_cache",
     "grey_viewports",
     "load_cache",
+    "no_augmentations",
     "project_image",
     "ssim_matrix",
 ]
@@ -180,7 +186,78 @@ _SSIM_C2 = (0.03 * 255.0) ** 2
 _SSIM_KERNEL = np.exp(-0.5 * (np.arange(-_SSIM_RADIUS, _SSIM_RADIUS + 1) / _SSIM_SIGMA) ** 2)
 _SSIM_KERNEL = (_SSIM_KERNEL / _SSIM_KERNEL.sum()).astype(np.float32)
 
-_FEATURE_ARRAYS = ("viewport_features", "global_features", "aug_viewport_features", "aug_global_features")
+
+
+# --------------------------------------------------------------------------- the array schema
+
+@dataclass(frozen=True)
+class CacheArray:
+    """One per-image array of the cache: name, dtype and shape in the symbols M, V, D and A.
+
+    ``M`` is the number of images, ``V`` of viewports, ``D`` of feature dimensions and ``A`` of
+    augmented views; integers are fixed sizes.
+    """
+
+    name: str
+    dtype: type[np.generic]
+    dims: tuple[str | int, ...]
+    #: Whether NaN/inf values make a cache invalid (features must be finite; the MOS of images
+    #: scored without labels is NaN).
+    finite: bool = False
+    #: Whether the array is computed from an image's pixels (stored in the build's chunk files)
+    #: rather than copied from its labels.
+    from_pixels: bool = True
+
+    def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        """The concrete shape for ``sizes`` (a value for each symbol M, V, D, A)."""
+        return tuple(sizes[dim] if isinstance(dim, str) else dim for dim in self.dims)
+
+
+#: The cache's arrays, in file order: the one definition of their names, dtypes and shapes, used
+#: to allocate, check, subset and load caches (and by the env and the scorer through
+#: :class:`FeatureCache`).
+CACHE_ARRAYS: tuple[CacheArray, ...] = (
+    CacheArray("viewport_features", np.float32, ("M", "V", "D"), finite=True),
+    CacheArray("global_features", np.float32, ("M", "D"), finite=True),
+    CacheArray("entropy", np.float32, ("M", "V")),
+    CacheArray("ssim", np.float32, ("M", "V", "V")),
+    CacheArray("thumbnails", np.uint8, ("M", *THUMBNAIL_SHAPE, 3)),
+    CacheArray("start_viewports", np.int64, ("M",)),
+    CacheArray("levels", np.int64, ("M",), from_pixels=False),
+    CacheArray("mos", np.float32, ("M",), from_pixels=False),
+    CacheArray("aug_viewport_features", np.float32, ("M", "A", "V", "D"), finite=True),
+    CacheArray("aug_global_features", np.float32, ("M", "A", "D"), finite=True),
+)
+#: The arrays a build computes from pixels, chunk by chunk.
+PIXEL_ARRAYS: tuple[CacheArray, ...] = tuple(spec for spec in CACHE_ARRAYS if spec.from_pixels)
+#: Per-image label lists, stored as JSON metadata.
+CACHE_LISTS: tuple[str, ...] = ("image_ids", "paths", "ref_ids", "distortions")
+
+
+def check_arrays(arrays: Mapping[str, np.ndarray], sizes: Mapping[str, int], source: str,
+                 specs: Sequence[CacheArray] = CACHE_ARRAYS) -> None:
+    """Check that ``arrays`` holds every array of ``specs`` with its dtype, shape and finiteness.
+
+    Raises:
+        CacheError: naming ``source``, the array and what is wrong with it.
+    """
+    for spec in specs:
+        if spec.name not in arrays:
+            raise CacheError(f"{source}: feature cache lacks the {spec.name!r} array")
+        array = np.asarray(arrays[spec.name])
+        shape = spec.shape(sizes)
+        if array.shape != shape or array.dtype != spec.dtype:
+            raise CacheError(f"{source}: array {spec.name!r} is {array.dtype}{array.shape}, expected "
+                             f"{np.dtype(spec.dtype)}{shape}")
+        if spec.finite and not np.isfinite(array).all():
+            raise CacheError(f"{source}: array {spec.name!r} contains NaN/inf values")
+
+
+def no_augmentations(n_images: int, n_viewports: int, dim: int) -> dict[str, np.ndarray]:
+    """The augmented-view arrays of a cache without augmented views (A = 0)."""
+    sizes = {"M": n_images, "V": n_viewports, "D": dim, "A": 0}
+    return {spec.name: np.zeros(spec.shape(sizes), spec.dtype)
+            for spec in CACHE_ARRAYS if "A" in spec.dims}
 
 
 # --------------------------------------------------------------------------- pixel statistics
@@ -346,29 +423,41 @@ class FeatureCache:
         """MOS mapped to 0..1 by the dataset's MOS scale, ``float32 (M,)``."""
         return np.asarray(self.mos_scale.normalize(self.mos), dtype=np.float32)
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        """The sizes of the schema's symbols: M images, V viewports, D dimensions, A views."""
+        return {"M": len(self), "V": self.grid.n_viewports, "D": self.dim, "A": len(self.augmentations)}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every array of :data:`CACHE_ARRAYS` by name (the objects themselves, not copies)."""
+        return {spec.name: getattr(self, spec.name) for spec in CACHE_ARRAYS}
+
+    def validate(self, source: str) -> None:
+        """Check the label lists, every array's dtype, shape and finiteness and the start viewports.
+
+        Raises:
+            CacheError: naming ``source`` and the first inconsistency found.
+        """
+        m = len(self)
+        lengths = {name: len(getattr(self, name)) for name in CACHE_LISTS}
+        if any(length != m for length in lengths.values()):
+            raise CacheError(f"{source}: label lists have different lengths "
+                             f"({', '.join(f'{k}={v}' for k, v in lengths.items())})")
+        check_arrays(self.arrays(), self.sizes, source)
+        starts = self.start_viewports
+        if starts.size and (starts.min() < -1 or starts.max() >= self.grid.n_viewports):
+            raise CacheError(f"{source}: start_viewports must be -1 or a viewport index < "
+                             f"{self.grid.n_viewports}")
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> FeatureCache:
         """A new cache holding the given rows, in the given order (arrays are copies)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"subset indices out of range for a cache of {len(self)} images")
         pick = [int(k) for k in idx]
-        return dataclasses.replace(
-            self,
-            image_ids=[self.image_ids[k] for k in pick],
-            paths=[self.paths[k] for k in pick],
-            ref_ids=[self.ref_ids[k] for k in pick],
-            distortions=[self.distortions[k] for k in pick],
-            levels=self.levels[idx],
-            mos=self.mos[idx],
-            viewport_features=self.viewport_features[idx],
-            global_features=self.global_features[idx],
-            entropy=self.entropy[idx],
-            ssim=self.ssim[idx],
-            thumbnails=self.thumbnails[idx],
-            start_viewports=self.start_viewports[idx],
-            aug_viewport_features=self.aug_viewport_features[idx],
-            aug_global_features=self.aug_global_features[idx],
-        )
+        lists = {name: [getattr(self, name)[k] for k in pick] for name in CACHE_LISTS}
+        arrays = {name: array[idx] for name, array in self.arrays().items()}
+        return dataclasses.replace(self, **lists, **arrays)
 
 
 @dataclass(frozen=True)
@@ -605,17 +694,8 @@ def _encode(image: np.ndarray, backbone: Backbone, grid: ViewportGrid, record: P
 def _compute_chunk(records: Sequence[PanoramaRecord], backbone: Backbone, grid: ViewportGrid,
                    augmentations: tuple[str, ...], on_image: Callable[[], None]) -> dict[str, np.ndarray]:
     """Every per-image array of ``records``; ``on_image()`` is called after each image."""
-    m, v, d, a = len(records), grid.n_viewports, backbone.dim, len(augmentations)
-    out = {
-        "viewport_features": np.empty((m, v, d), np.float32),
-        "global_features": np.empty((m, d), np.float32),
-        "entropy": np.empty((m, v), np.float32),
-        "ssim": np.empty((m, v, v), np.float32),
-        "thumbnails": np.empty((m, *THUMBNAIL_SHAPE, 3), np.uint8),
-        "start_viewports": np.empty((m,), np.int64),
-        "aug_viewport_features": np.empty((m, a, v, d), np.float32),
-        "aug_global_features": np.empty((m, a, d), np.float32),
-    }
+    sizes = {"M": len(records), "V": grid.n_viewports, "D": backbone.dim, "A": len(augmentations)}
+    out = {spec.name: np.empty(spec.shape(sizes), spec.dtype) for spec in PIXEL_ARRAYS}
     for row, record in enumerate(records):
         erp = read_erp(record.path)
         for name, value in encode_projected(project_image(erp, grid), backbone, str(record.path)).items():
@@ -662,29 +742,6 @@ def _json_field(metadata: Mapping[str, str], name: str, path: Path) -> Any:
         raise CacheError(f"{path}: feature cache metadata field {name!r} is missing or malformed") from error
 
 
-def _check_shapes(tensors: Mapping[str, np.ndarray], m: int, v: int, d: int, a: int, path: Path) -> None:
-    expected = {
-        "viewport_features": ((m, v, d), np.float32),
-        "global_features": ((m, d), np.float32),
-        "entropy": ((m, v), np.float32),
-        "ssim": ((m, v, v), np.float32),
-        "thumbnails": ((m, *THUMBNAIL_SHAPE, 3), np.uint8),
-        "start_viewports": ((m,), np.int64),
-        "aug_viewport_features": ((m, a, v, d), np.float32),
-        "aug_global_features": ((m, a, d), np.float32),
-    }
-    for name, (shape, dtype) in expected.items():
-        if name not in tensors:
-            raise CacheError(f"{path}: feature cache lacks the {name!r} array")
-        array = tensors[name]
-        if array.shape != shape or array.dtype != dtype:
-            raise CacheError(f"{path}: array {name!r} is {array.dtype}{array.shape}, expected "
-                             f"{np.dtype(dtype)}{shape}")
-    for name in _FEATURE_ARRAYS:
-        if not np.isfinite(tensors[name]).all():
-            raise CacheError(f"{path}: array {name!r} contains NaN/inf values")
-
-
 def _read_cache(path: Path, expect_backbone: str | None,
                 expect_grid: ViewportGrid | None) -> tuple[FeatureCache, dict[str, str]]:
     metadata, tensors = _open(path)
@@ -709,25 +766,15 @@ def _read_cache(path: Path, expect_backbone: str | None,
         dim = int(metadata["dim"])
     except (KeyError, ValueError) as error:
         raise CacheError(f"{path}: feature cache metadata field 'dim' is missing or malformed") from error
-    m = len(lists["image_ids"])
-    if any(len(values) != m for values in lists.values()):
-        raise CacheError(f"{path}: label lists have different lengths "
-                         f"({', '.join(f'{k}={len(v)}' for k, v in lists.items())})")
-    _check_shapes(tensors, m, grid.n_viewports, dim, len(augmentations), path)
-    for name, dtype in (("levels", np.int64), ("mos", np.float32)):
-        if name not in tensors or tensors[name].shape != (m,) or tensors[name].dtype != dtype:
-            raise CacheError(f"{path}: array {name!r} is missing or not {np.dtype(dtype)}({m},)")
+    for spec in CACHE_ARRAYS:
+        if spec.name not in tensors:
+            raise CacheError(f"{path}: feature cache lacks the {spec.name!r} array")
     cache = FeatureCache(
         backbone=metadata.get("backbone", ""), dim=dim, grid=grid, dataset=metadata.get("dataset", ""),
         mos_scale=MosScale(float(low), float(high)), augmentations=augmentations,
-        levels=tensors["levels"], mos=tensors["mos"],
-        viewport_features=tensors["viewport_features"], global_features=tensors["global_features"],
-        entropy=tensors["entropy"], ssim=tensors["ssim"], thumbnails=tensors["thumbnails"],
-        start_viewports=tensors["start_viewports"],
-        aug_viewport_features=tensors["aug_viewport_features"],
-        aug_global_features=tensors["aug_global_features"],
-        **lists,
+        **lists, **{spec.name: tensors[spec.name] for spec in CACHE_ARRAYS},
     )
+    cache.validate(str(path))
     return cache, metadata
 
 
@@ -760,7 +807,7 @@ def _chunk_is_valid(path: Path, key: str, start: int, stop: int, image_ids: Sequ
                 or metadata.get("start") != str(start) or metadata.get("stop") != str(stop)
                 or json.loads(metadata.get("image_ids", "null")) != list(image_ids)):
             return False
-        _check_shapes(tensors, stop - start, v, d, a, path)
+        check_arrays(tensors, {"M": stop - start, "V": v, "D": d, "A": a}, str(path), PIXEL_ARRAYS)
     except (CacheError, json.JSONDecodeError):
         return False
     return True

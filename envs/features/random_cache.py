@@ -6,7 +6,7 @@ import numpy as np
 
 from rl_scaniqa.envs.data.datasets.records import MosScale
 from rl_scaniqa.envs.data.geometry import ViewportGrid
-from rl_scaniqa.envs.features.cache import FeatureCache
+from rl_scaniqa.envs.features.cache import THUMBNAIL_SHAPE, FeatureCache, no_augmentations
 
 
 def random_feature_cache(n_images: int = 4, *, grid: ViewportGrid | None = None, dim: int = 8,
@@ -47,9 +47,8 @@ def random_feature_cache(n_images: int = 4, *, grid: ViewportGrid | None = None,
         global_features=rng.normal(3.0, 2.0, (n_images, dim)).astype(np.float32),
         entropy=rng.uniform(0.0, 8.0, (n_images, n_viewports)).astype(np.float32),
         ssim=ssim.astype(np.float32),
-        thumbnails=rng.integers(0, 256, (n_images, 128, 256, 3), dtype=np.uint8),
+        thumbnails=rng.integers(0, 256, (n_images, *THUMBNAIL_SHAPE, 3), dtype=np.uint8),
         start_viewports=starts.astype(np.int64),
         augmentations=(),
-        aug_viewport_features=np.zeros((n_images, 0, n_viewports, dim), dtype=np.float32),
-        aug_global_features=np.zeros((n_images, 0, dim), dtype=np.float32),
+        **no_augmentations(n_images, n_viewports, dim),
     )
