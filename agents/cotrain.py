@@ -48,8 +48,7 @@ def make_training_env(settings: CoTrainSettings, cache: FeatureCache,
                       stats: FeatureStats) -> DummyVecEnv:
     """The training VecEnv: ``n_envs`` envs over every image of ``cache``."""
     kwargs = dict(feature_cache=cache, split="all", n_paths=settings.n_paths,
-                  path_length=settings.path_length, start=settings.start, feature_stats=stats,
-                  **settings.reward.env_kwargs())
+                  path_length=settings.path_length, **settings.env_kwargs(stats))
 
     def make(rank: int) -> Callable[[], Panorama360Env]:
         def thunk() -> Panorama360Env:

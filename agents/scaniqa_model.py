@@ -45,8 +45,7 @@ class ScanIQAModel:
 
     def env_kwargs(self) -> dict[str, Any]:
         """Keyword arguments that make ``Panorama360Env`` present features as in training."""
-        return {"feature_stats": self.feature_stats, "start": self.settings.start,
-                **self.settings.reward.env_kwargs()}
+        return self.settings.env_kwargs(self.feature_stats)
 
     def save(self, directory: str | Path) -> Path:
         """Write the model into ``directory`` (each file atomically) and return it."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from rl_scaniqa.agents.arguments import build_dataclass
 from rl_scaniqa.assessor.losses import AssessorLossWeights
+from rl_scaniqa.envs.features.cache import FeatureStats
 
 
 @dataclass
@@ -91,6 +92,14 @@ class CoTrainSettings:
     reward: RewardSettings = field(default_factory=RewardSettings)
     ppo: PPOSettings = field(default_factory=PPOSettings)
     assessor: AssessorSettings = field(default_factory=AssessorSettings)
+
+    def env_kwargs(self, feature_stats: FeatureStats) -> dict[str, Any]:
+        """``Panorama360Env`` arguments that present a run's data as in its training.
+
+        The one definition used for training, validation, evaluation and scoring: the run's
+        feature standardisation, start rule and reward weights.
+        """
+        return {"feature_stats": feature_stats, "start": self.start, **self.reward.env_kwargs()}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -350,10 +350,6 @@ def variant_settings(base: CoTrainSettings, overrides: Mapping[str, Any],
 # ----------------------------------------------------------------------------- evaluation
 
 
-def env_kwargs_for(run: CoTrainRun, settings: CoTrainSettings) -> dict[str, Any]:
-    return {"feature_stats": run.stats, "start": settings.start, **settings.reward.env_kwargs()}
-
-
 def metrics_of(evaluation: AgentEvaluation) -> dict[str, Any]:
     return {**evaluation.metrics, "ms_per_image": evaluation.ms_per_image}
 
@@ -380,7 +376,7 @@ def evaluate_paths(agent: ScanpathAgent, run: CoTrainRun, settings: CoTrainSetti
                    path_length: int | None = None) -> AgentEvaluation:
     return evaluate_agent(agent, run.assessor, task.test, indices, n_paths=n_paths,
                           path_length=path_length or settings.path_length,
-                          env_kwargs=env_kwargs_for(run, settings), seed=task.seed)
+                          env_kwargs=settings.env_kwargs(run.stats), seed=task.seed)
 
 
 def evaluate_svr(task: Task) -> dict[str, Any]:

@@ -45,14 +45,15 @@ from rl_scaniqa.agents.cotrain import (
     warm_up_assessor,
 )
 from rl_scaniqa.agents.data_args import DataArgs
-from rl_scaniqa.agents.evaluation import SeededPolicyAgent, run_agent, score_scanpaths
+from rl_scaniqa.agents.evaluation import AgentEvaluation, SeededPolicyAgent, evaluate_agent
 from rl_scaniqa.agents.reporting import (
     markdown_table,
     plot_prediction_scatter,
     plot_scanpath_panels,
 )
+from rl_scaniqa.agents.policy import ScanpathPolicy
 from rl_scaniqa.agents.settings import CoTrainSettings
-from rl_scaniqa.assessor.metrics import evaluate
+from rl_scaniqa.assessor.model import QualityAssessor
 from rl_scaniqa.envs.data.datasets.splits import fit_val_test_split
 from rl_scaniqa.envs.features.cache import FeatureCache, FeatureStats
 from rl_scaniqa.envs.storage import (
@@ -142,25 +143,14 @@ def load_data(args: Args) -> Data:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate_on(run_policy: Any, assessor: Any, cache: FeatureCache, args: Args,
-                stats: FeatureStats, n_paths: int, progress: bool = False) -> dict[str, Any]:
+def evaluate_on(policy: ScanpathPolicy, assessor: QualityAssessor, cache: FeatureCache,
+                settings: CoTrainSettings, stats: FeatureStats, n_paths: int,
+                progress: bool = False) -> AgentEvaluation:
     """K paths per image of ``cache`` with the policy, scored by the assessor, and the metrics."""
-    settings = args.settings
-    scanpaths = run_agent(SeededPolicyAgent(run_policy, settings.seed), cache, range(len(cache)),
-                          n_paths=n_paths,
-                          path_length=settings.path_length,
-                          env_kwargs={"feature_stats": stats, "start": settings.start,
-                                      **settings.reward.env_kwargs()},
-                          seed=settings.seed, progress=progress)
-    started = time.perf_counter()
-    mean, std, _ = score_scanpaths(assessor, scanpaths)
-    assessor_seconds = time.perf_counter() - started
-    predicted = cache.mos_scale.denormalize(mean)
-    predicted_std = std * (cache.mos_scale.high - cache.mos_scale.low)
-    metrics = evaluate(predicted, scanpaths.mos)
-    return {"metrics": metrics, "predicted": predicted, "predicted_std": predicted_std,
-            "scanpaths": scanpaths,
-            "ms_per_image": 1000 * (scanpaths.agent_seconds + assessor_seconds) / len(cache)}
+    return evaluate_agent(SeededPolicyAgent(policy, settings.seed), assessor, cache, range(len(cache)),
+                          n_paths=n_paths, path_length=settings.path_length,
+                          env_kwargs=settings.env_kwargs(stats), seed=settings.seed,
+                          progress=progress)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -251,16 +241,16 @@ class LiveDisplay:
 # ----------------------------------------------------------------------------- outputs
 
 
-def write_outputs(out: Path, args: Args, data: Data, result: dict[str, Any],
+def write_outputs(out: Path, args: Args, data: Data, result: AgentEvaluation,
                   wall_seconds: float) -> dict[str, Any]:
     """results.json, results.md and the figures; returns the JSON document."""
-    metrics = result["metrics"]
-    scanpaths = result["scanpaths"]
+    metrics = result.metrics
+    scanpaths = result.scanpaths
     test = data.test
     per_image = [
         {"image_id": test.image_ids[i], "ref": test.ref_ids[i], "distortion": test.distortions[i],
          "level": int(test.levels[i]), "mos": float(test.mos[i]),
-         "predicted": float(result["predicted"][i]), "std": float(result["predicted_std"][i]),
+         "predicted": float(result.predicted[i]), "std": float(result.predicted_std[i]),
          "paths": scanpaths.paths[i].tolist()}
         for i in range(len(test))]
     document = {
@@ -268,28 +258,28 @@ def write_outputs(out: Path, args: Args, data: Data, result: dict[str, Any],
         "grid": test.grid.key(), "srcc": metrics["srcc"], "plcc": metrics["plcc"],
         "krcc": metrics["krcc"], "rmse": metrics["rmse"], "n_test_images": len(test),
         "mapping": metrics["mapping"], "eval_paths": args.eval_paths,
-        "ms_per_image": result["ms_per_image"], "wall_seconds": wall_seconds,
+        "ms_per_image": result.ms_per_image, "wall_seconds": wall_seconds,
         "split": data.split, "args": asdict(args), "per_image": per_image}
     atomic_write_json(out / "results.json", document)
 
-    errors = np.abs(result["predicted"] - test.mos)
-    order = np.argsort(result["predicted"])
+    errors = np.abs(result.predicted - test.mos)
+    order = np.argsort(result.predicted)
     best, worst = int(order[-1]), int(order[0])
-    plot_prediction_scatter(result["predicted"], test.mos, out / "scatter.png",
+    plot_prediction_scatter(result.predicted, test.mos, out / "scatter.png",
                             title=f"RL-ScanIQA on held-out {args.dataset} references",
-                            uncertainty=result["predicted_std"],
+                            uncertainty=result.predicted_std,
                             annotation=f"SRCC {metrics['srcc']:.3f}\nPLCC {metrics['plcc']:.3f}")
     plot_scanpath_panels(
         [test.thumbnails[best], test.thumbnails[worst]],
         [scanpaths.paths[best], scanpaths.paths[worst]], test.grid,
         [f"highest predicted: {test.image_ids[best]} (MOS {test.mos[best]:.2f}, "
-         f"pred {result['predicted'][best]:.2f})",
+         f"pred {result.predicted[best]:.2f})",
          f"lowest predicted: {test.image_ids[worst]} (MOS {test.mos[worst]:.2f}, "
-         f"pred {result['predicted'][worst]:.2f})"],
+         f"pred {result.predicted[worst]:.2f})"],
         out / "scanpaths.png", suptitle=f"K={args.eval_paths} scanpaths per image")
     row = {"method": "RL-ScanIQA", "srcc": metrics["srcc"], "plcc": metrics["plcc"],
            "krcc": metrics["krcc"], "rmse": metrics["rmse"], "n": len(test),
-           "ms": result["ms_per_image"]}
+           "ms": result.ms_per_image}
     text = (f"# RL-ScanIQA on {args.dataset} ({test.backbone} features)\n\n"
             f"Held-out references: {len(data.split['test_refs'])} "
             f"({len(test)} images), K = {args.eval_paths} paths of T = "
@@ -332,8 +322,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def validate(policy: Any, assessor: Any) -> dict[str, float]:
         assert data.val is not None
-        metrics = evaluate_on(policy, assessor, data.val, args, data.stats,
-                              n_paths=min(5, settings.n_paths))["metrics"]
+        metrics = evaluate_on(policy, assessor, data.val, settings, data.stats,
+                              n_paths=min(5, settings.n_paths)).metrics
         return {"srcc": metrics["srcc"], "plcc": metrics["plcc"]}
 
     display = LiveDisplay(settings.total_timesteps, 0, args.progress)
@@ -363,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dataset": args.dataset, "command": " ".join(["experiments/run_ppo.py", *(argv or sys.argv[1:])]),
         "seed": settings.seed, "timesteps": int(run.ppo.num_timesteps)})
     model.save(out / "model")
-    result = evaluate_on(run.ppo.policy, run.assessor, data.test, args, data.stats,
+    result = evaluate_on(run.ppo.policy, run.assessor, data.test, settings, data.stats,
                          n_paths=args.eval_paths, progress=args.progress)
     document = write_outputs(out, args, data, result, time.perf_counter() - started)
     summary = {key: document[key] for key in ("srcc", "plcc", "krcc", "rmse", "n_test_images",

@@ -185,8 +185,7 @@ def trial(config: dict[str, Any], *, data: SweepData, base: dict[str, Any], eval
         evaluation = evaluate_agent(
             policy, assessor, data.val, np.arange(len(data.val)), n_paths=eval_paths,
             path_length=settings.path_length, seed=settings.seed,
-            env_kwargs={"feature_stats": data.stats, "start": settings.start,
-                        **settings.reward.env_kwargs()})
+            env_kwargs=settings.env_kwargs(data.stats))
         srcc, plcc = evaluation.metrics["srcc"], evaluation.metrics["plcc"]
         progress["reports"] += 1
         timesteps = progress["final_timesteps"] or progress["reports"] * validate_every * rollout
