@@ -458,6 +458,7 @@ def default_home(tmp_path_factory):
     return home
 
 
+@pytest.mark.slow
 def test_make_with_no_arguments_uses_default_data(default_home, monkeypatch):
     monkeypatch.setenv("RL_SCANIQA_HOME", str(default_home))
     labels = default_home / "synth360-quick" / "labels.csv"
@@ -472,6 +473,7 @@ def test_make_with_no_arguments_uses_default_data(default_home, monkeypatch):
     assert len(env.unwrapped.image_indices) > 0
 
 
+@pytest.mark.slow
 def test_qualified_id_works_in_a_fresh_process(default_home):
     code = ("import gymnasium as gym; e = gym.make('rl_scaniqa.envs:Panorama360Env-v0', progress=False); "
             "e.reset(seed=0); print(e.step(0)[1])")

@@ -48,6 +48,7 @@ def wait_for(predicate, process: subprocess.Popen, timeout: float = 120.0) -> No
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_cache_cli_resumes_after_kill_and_rebuilds_when_stale(tiny_synth, tmp_path):
     cache_dir = tmp_path / "cache"
     command = [sys.executable, "-m", "rl_scaniqa.agents.cli", "cache", "--dataset", "synth360",
@@ -82,6 +83,7 @@ def test_cache_cli_resumes_after_kill_and_rebuilds_when_stale(tiny_synth, tmp_pa
     assert json.loads(rebuilt.stdout.strip().splitlines()[-1])["cache"] != str(cache_path)
 
 
+@pytest.mark.slow
 def test_run_ppo_resumes_a_killed_run(tiny_synth, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, str(REPO / "experiments" / "run_ppo.py"), "--root", str(tiny_synth),

@@ -42,6 +42,7 @@ TINY = ["--num-samples", "2", "--validate-every", "1", "--eval-paths", "2", "--g
         "--no-progress", "--json"]
 
 
+@pytest.mark.slow
 def test_two_trial_sweep_on_local_ray(sweep, monkeypatch, tmp_path, capsys):
     cache = random_feature_cache(40, dim=8, n_refs=10, seed=2)
     monkeypatch.setattr(sweep, "load_data", lambda args: sweep.split_fit_val(cache, args))
