@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test test-fast demo bench clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# The quick loop while editing: everything but the end-to-end runs marked `slow` (under 60 s on
+# 2 cores). `make test` still runs the whole suite.
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: venv
 	$(BIN)/python experiments/run_ppo.py --out runs/demo

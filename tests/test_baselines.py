@@ -86,6 +86,7 @@ def test_random_paths_are_seeded_and_batch_independent(cache):
 def test_entropy_greedy_sampling_is_seeded(cache):
     first = run(EntropyGreedyAgent(GRID, seed=1), cache).paths
     np.testing.assert_array_equal(first, run(EntropyGreedyAgent(GRID, seed=1), cache).paths)
+    assert not np.array_equal(first, run(EntropyGreedyAgent(GRID, seed=2), cache).paths)
 
 
 def test_begin_episodes_gets_each_batch_in_row_order(cache):

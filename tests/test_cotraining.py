@@ -188,6 +188,9 @@ def test_harness_is_seeded_and_scores_every_path(cache):
     assert first.path_features.shape == (5, 2, 4, cache.dim)
     # Per-image generators: an image's paths do not depend on the batch it was run in.
     np.testing.assert_array_equal(first.paths, second.paths)
+    other_seed = run_agent(SeededPolicyAgent(policy, 5), cache, range(5), n_paths=2, path_length=3,
+                           env_kwargs=kwargs, batch_size=2, seed=4)
+    assert not np.array_equal(first.paths, other_seed.paths)
     mean, std, scores = score_scanpaths(make_assessor(cache.dim), first)
     assert mean.shape == std.shape == (5,) and scores.shape == (5, 2)
     np.testing.assert_allclose(mean, scores.mean(axis=1))

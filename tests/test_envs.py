@@ -123,6 +123,26 @@ def test_same_seed_same_trajectory(cache, start):
     assert_same(trace_a, trace_b)
 
 
+@pytest.mark.parametrize("start", ["front", "random_equator"])
+def test_different_seeds_give_different_episodes(cache, start):
+    env = small_env(cache, start=start)
+    # The same actions after resets with different seeds: the seed alone changes the episodes.
+    episodes = set()
+    for seed in range(10):
+        obs, info = env.reset(seed=seed)
+        trace = [info["image_index"], int(obs["history"][0])]
+        for action in (1, 2, 3, 4, 7, 8):
+            obs, reward, terminated, _, info = env.step(action)
+            trace.append(int(obs["history"][0]) if not terminated else round(reward, 6))
+        episodes.add(tuple(trace))
+    assert len(episodes) >= 3
+    images = {env.reset(seed=seed)[1]["image_index"] for seed in range(10)}
+    assert len(images) >= 3  # 4 images in the "all" split
+    if start == "random_equator":  # on the 4 x 3 grid the middle row (viewports 4..7) is nearest
+        starts = {int(env.reset(seed=seed)[0]["history"][0]) for seed in range(10)}
+        assert len(starts) >= 3 and starts <= {4, 5, 6, 7}
+
+
 def test_pickled_env_continues_identically(cache):
     env = small_env(cache, start="random_equator")
     env.reset(seed=3)
@@ -458,6 +478,7 @@ def default_home(tmp_path_factory):
     return home
 
 
+@pytest.mark.slow
 def test_make_with_no_arguments_uses_default_data(default_home, monkeypatch):
     monkeypatch.setenv("RL_SCANIQA_HOME", str(default_home))
     labels = default_home / "synth360-quick" / "labels.csv"
@@ -472,6 +493,7 @@ def test_make_with_no_arguments_uses_default_data(default_home, monkeypatch):
     assert len(env.unwrapped.image_indices) > 0
 
 
+@pytest.mark.slow
 def test_qualified_id_works_in_a_fresh_process(default_home):
     code = ("import gymnasium as gym; e = gym.make('rl_scaniqa.envs:Panorama360Env-v0', progress=False); "
             "e.reset(seed=0); print(e.step(0)[1])")

@@ -265,14 +265,51 @@ def test_ppo_save_load_round_trip(cache, tmp_path):
         assert th.equal(model.policy.predict_values(tensors), loaded.policy.predict_values(tensors))
 
 
-def test_maskable_ppo_learns_with_the_maskable_policy(cache):
+def count_optimizer_steps(model):
+    """Wrap the policy's optimizer so that ``counter[0]`` counts its ``step`` calls."""
+    counter = [0]
+    step = model.policy.optimizer.step
+
+    def counting_step(*args, **kwargs):
+        counter[0] += 1
+        return step(*args, **kwargs)
+
+    model.policy.optimizer.step = counting_step
+    return counter
+
+
+def assert_rollout_follows_the_env(buffer, n_paths=K, path_length=T):
+    """The last rollout holds env observations: fixed-budget episodes, visited == set(history)."""
+    obs = buffer.observations
+    n_steps, n_envs = buffer.episode_starts.shape
+    # Episodes end after exactly K * T actions: starts at every (K * T)-th step of each env.
+    starts = np.flatnonzero(buffer.episode_starts[:, 0])
+    np.testing.assert_array_equal(np.diff(starts), n_paths * path_length)
+    history = obs["history"].reshape(n_steps * n_envs, -1).astype(int)
+    visited = obs["visited"].reshape(n_steps * n_envs, -1)
+    step = obs["step"].reshape(-1).astype(int)
+    for row in range(n_steps * n_envs):
+        path = history[row][history[row] >= 0]
+        assert len(path) == step[row] + 1
+        np.testing.assert_array_equal(np.flatnonzero(visited[row]), np.unique(path))
+
+
+def test_maskable_ppo_never_takes_a_masked_action_and_trains_every_minibatch(cache):
     env = make_env(cache)
     model = MaskablePPO(MaskableScanpathPolicy, env, n_steps=64, batch_size=32, n_epochs=2,
                         seed=0, policy_kwargs={"features_extractor_kwargs": SMALL})
+    steps = count_optimizer_steps(model)
     before = [p.detach().clone() for p in model.policy.parameters()]
     model.learn(256)
-    assert model.num_timesteps >= 256
-    assert any(not th.equal(a, b) for a, b in zip(before, model.policy.parameters()))
+    # 2 rollouts of 64 steps x 2 envs, 2 epochs of 4 minibatches each: 16 gradient steps.
+    assert steps[0] == 2 * 2 * (64 * 2 // 32)
+    assert all(not th.equal(a, b) for a, b in zip(before, model.policy.parameters()))
+    buffer = model.rollout_buffer
+    assert_rollout_follows_the_env(buffer)
+    visited = buffer.observations["visited"].reshape(-1, V) > 0.5
+    actions = buffer.actions.reshape(-1).astype(int)
+    assert not visited[np.arange(len(actions)), actions].any()
+    np.testing.assert_array_equal(buffer.action_masks.reshape(-1, V) > 0.5, ~visited)
     obs = env.reset()
     actions, _ = model.predict(obs, action_masks=np.stack(env.env_method("action_masks")))
     assert actions.shape == (2,)
@@ -281,10 +318,61 @@ def test_maskable_ppo_learns_with_the_maskable_policy(cache):
 @pytest.mark.parametrize("algorithm", [PPO, A2C, MaskablePPO])
 def test_stock_multi_input_policies_run_on_the_env(cache, algorithm):
     # Alternative agents plug in: SB3's own MultiInputPolicy needs nothing from this package.
-    kwargs = {"n_steps": 32, "batch_size": 32} if algorithm is not A2C else {"n_steps": 16}
+    kwargs = {"n_steps": 32, "batch_size": 32, "n_epochs": 2} if algorithm is not A2C else {"n_steps": 16}
     model = algorithm("MultiInputPolicy", make_env(cache), seed=0, **kwargs)
+    steps = count_optimizer_steps(model)
     model.learn(256)
-    assert model.num_timesteps >= 256
+    # PPO: 4 rollouts of 32 x 2 envs, 2 epochs of 2 minibatches; A2C: 8 rollouts, one step each.
+    assert steps[0] == (8 if algorithm is A2C else 4 * 2 * 2)
+    assert_rollout_follows_the_env(model.rollout_buffer)
+
+
+# ---------------------------------------------------------------- learning a measurable task
+
+PAID = 0  # the viewport the paid-viewport env rewards; the front start on the 4 x 3 grid is 5
+
+
+@pytest.fixture(scope="module")
+def paid_cache():
+    """Two images whose only informative viewport is PAID: entropy 8 bits there, 0 elsewhere."""
+    paid = random_feature_cache(2, grid=GRID, dim=D, seed=4)
+    paid.entropy = np.zeros_like(paid.entropy)
+    paid.entropy[:, PAID] = 8.0
+    return paid
+
+
+def paid_env(paid_cache):
+    # One action per episode; the env's own entropy term is the only reward: 1 for PAID, else 0.
+    return Panorama360Env(feature_cache=paid_cache, split="all", n_paths=1, path_length=1,
+                          lambda_entropy=1.0, lambda_ssim=0.0, lambda_novelty=0.0,
+                          lambda_equator=0.0, beta_coverage=0.0, beta_jaccard=0.0, progress=False)
+
+
+def test_maskable_ppo_learns_to_look_at_the_paid_viewport(paid_cache):
+    env = DummyVecEnv([lambda: paid_env(paid_cache)] * 2)
+    env.seed(0)
+    model = MaskablePPO(MaskableScanpathPolicy, env, n_steps=32, batch_size=32, n_epochs=4,
+                        learning_rate=3e-3, seed=0,
+                        policy_kwargs={"features_extractor_kwargs": SMALL})
+    probe = paid_env(paid_cache)
+
+    def paid_probability():
+        """Probability of PAID at the start of each image's episode, one value per image."""
+        probabilities = []
+        for image in range(2):
+            obs, _ = probe.reset(options={"image_index": image})
+            tensors, _ = model.policy.obs_to_tensor(obs)
+            with th.no_grad():
+                probs = model.policy.get_distribution(tensors).distribution.probs[0]
+            probabilities.append(float(probs[PAID]))
+        return np.array(probabilities)
+
+    before = paid_probability()
+    model.learn(3072)
+    after = paid_probability()
+    uniform = 1 / (V - 1)  # the start viewport is masked
+    np.testing.assert_allclose(before, uniform, atol=0.03)
+    assert (after > 0.9).all(), (before, after)
 
 
 class _FindTheMarkedCandidate(gym.Env):

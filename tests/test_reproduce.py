@@ -67,6 +67,7 @@ def last_json(capsys):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_in_dataset_end_to_end_and_resume(reproduce, fake_data, tmp_path, capsys):
     out = tmp_path / "run"
     reproduce.main(["--protocol", "in-dataset", "--splits", "1", "--out", str(out), *TINY])
@@ -103,6 +104,7 @@ def test_in_dataset_end_to_end_and_resume(reproduce, fake_data, tmp_path, capsys
                         "--eval-paths", "3", *TINY[2:]])
 
 
+@pytest.mark.slow
 def test_ablation_trains_every_variant_and_the_t_curve(reproduce, fake_data, tmp_path, capsys):
     out = tmp_path / "ablation"
     reproduce.main(["--protocol", "ablation", "--splits", "1", "--t-values", "2,3",

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from scipy.stats import spearmanr
 
 from rl_scaniqa.envs.data.datasets.synth360 import generate_synth360
 from rl_scaniqa.envs.data.geometry import ViewportGrid
@@ -48,6 +49,7 @@ def wait_for(predicate, process: subprocess.Popen, timeout: float = 120.0) -> No
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_cache_cli_resumes_after_kill_and_rebuilds_when_stale(tiny_synth, tmp_path):
     cache_dir = tmp_path / "cache"
     command = [sys.executable, "-m", "rl_scaniqa.agents.cli", "cache", "--dataset", "synth360",
@@ -82,6 +84,7 @@ def test_cache_cli_resumes_after_kill_and_rebuilds_when_stale(tiny_synth, tmp_pa
     assert json.loads(rebuilt.stdout.strip().splitlines()[-1])["cache"] != str(cache_path)
 
 
+@pytest.mark.slow
 def test_run_ppo_resumes_a_killed_run(tiny_synth, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, str(REPO / "experiments" / "run_ppo.py"), "--root", str(tiny_synth),
@@ -106,9 +109,14 @@ def test_run_ppo_resumes_a_killed_run(tiny_synth, tmp_path):
                              env=child_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
-    assert summary["n_test_images"] > 0 and -1.0 <= summary["srcc"] <= 1.0
+    assert summary["n_test_images"] > 0
     assert json.loads(progress_file.read_text())["num_timesteps"] == 4800
     results = json.loads((out / "results.json").read_text())
-    assert len(results["per_image"]) == summary["n_test_images"]
+    per_image = results["per_image"]
+    assert len(per_image) == summary["n_test_images"]
+    # The reported SRCC is the Spearman correlation of the reported predictions with the MOS.
+    predicted, mos = [row["predicted"] for row in per_image], [row["mos"] for row in per_image]
+    assert summary["srcc"] == results["srcc"] == pytest.approx(spearmanr(predicted, mos).statistic,
+                                                               abs=1e-12)
     assert (out / "results.md").is_file() and (out / "scatter.png").is_file()
     assert (out / "scanpaths.png").is_file() and (out / "model" / "model.json").is_file()
