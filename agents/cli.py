@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rl_scaniqa.agents.arguments import key_value
+from rl_scaniqa.agents.script_args import key_value
 from rl_scaniqa.envs.errors import RLScanIQAError
 from rl_scaniqa.envs.storage import json_line
 
