@@ -28,13 +28,13 @@ class DataArgs:
     """Loader options as KEY=VALUE,KEY=VALUE (jufe: condition=good-15s,hm_root=HMData)."""
     backbone: str = "nss"
     """nss (offline default), dinov2[:MODEL_OR_DIR], nss+dinov2[:MODEL_OR_DIR]."""
-    n_lon: int = 8
+    n_lon: int = ViewportGrid.n_lon
     """Viewport columns."""
-    n_lat: int = 4
+    n_lat: int = ViewportGrid.n_lat
     """Viewport rows."""
-    fov: float = 90.0
+    fov: float = ViewportGrid.fov_deg
     """Viewport field of view, degrees."""
-    size: int = 224
+    size: int = ViewportGrid.size
     """Viewport side in pixels."""
     augmentations: str = "weak,mild,heavy"
     """Augmented views cached for the assessor's losses ('' = none)."""

@@ -6,29 +6,31 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rl_scaniqa.agents.reward_wrapper import TaskRewardSchedule
 from rl_scaniqa.agents.script_args import with_values
 from rl_scaniqa.assessor.losses import AssessorLossWeights
+from rl_scaniqa.envs.rewards import RewardWeights
 
 
 @dataclass
 class RewardSettings:
-    """Env and task reward weights (reference values from the paper's code)."""
+    """Env and task reward weights (defaults: ``RewardWeights`` and ``TaskRewardSchedule``)."""
 
-    lambda_entropy: float = 0.5
+    lambda_entropy: float = RewardWeights.entropy
     """λ_ent: step reward for the viewport's grey-level entropy."""
-    lambda_ssim: float = 1.0
+    lambda_ssim: float = RewardWeights.ssim
     """λ_ssim: step reward for dissimilarity (1 − SSIM) to the previous viewport."""
-    lambda_novelty: float = 1.0
+    lambda_novelty: float = RewardWeights.novelty
     """λ_nov: step reward for a viewport not yet visited in the path."""
-    lambda_equator: float = 0.2
+    lambda_equator: float = RewardWeights.equator
     """λ_eqb: step reward of the equator prior."""
-    beta_coverage: float = 0.2
+    beta_coverage: float = RewardWeights.coverage
     """β_cov: set reward for the sphere coverage of the K paths."""
-    beta_jaccard: float = 0.2
+    beta_jaccard: float = RewardWeights.jaccard
     """β_jac: set penalty for the mean pairwise Jaccard overlap of the K paths."""
-    task_mse: float = 2.0
+    task_mse: float = TaskRewardSchedule.mse_weight
     """Terminal task reward weight of −(q̂ − MOS)², the assessor's squared error on the path."""
-    task_rank: float = 2.0
+    task_rank: float = TaskRewardSchedule.rank_weight
     """Terminal task reward weight of the assessor's ranking agreement within the batch."""
     task_warmup_fraction: float = 0.1
     """Fraction of the run over which the task weights ramp from 0 (paper: 30 of 300 epochs)."""
