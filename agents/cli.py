@@ -21,7 +21,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rl_scaniqa.agents.arguments import key_value
+from rl_scaniqa.agents.script_args import key_value
+from rl_scaniqa.envs.data.geometry import ViewportGrid
 from rl_scaniqa.envs.errors import RLScanIQAError
 from rl_scaniqa.envs.storage import json_line
 
@@ -37,15 +38,17 @@ def parse_option(text: str) -> tuple[str, str]:
 
 
 def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-lon", type=int, default=8, help="viewport columns (default 8)")
-    parser.add_argument("--n-lat", type=int, default=4, help="viewport rows (default 4)")
-    parser.add_argument("--fov", type=float, default=90.0, help="viewport field of view, degrees")
-    parser.add_argument("--size", type=int, default=224, help="viewport side in pixels")
+    parser.add_argument("--n-lon", type=int, default=ViewportGrid.n_lon,
+                        help="viewport columns (default %(default)s)")
+    parser.add_argument("--n-lat", type=int, default=ViewportGrid.n_lat,
+                        help="viewport rows (default %(default)s)")
+    parser.add_argument("--fov", type=float, default=ViewportGrid.fov_deg,
+                        help="viewport field of view, degrees (default %(default)s)")
+    parser.add_argument("--size", type=int, default=ViewportGrid.size,
+                        help="viewport side in pixels (default %(default)s)")
 
 
-def _grid_from_args(args: argparse.Namespace):
-    from rl_scaniqa.envs.data.geometry import ViewportGrid
-
+def _grid_from_args(args: argparse.Namespace) -> ViewportGrid:
     return ViewportGrid(n_lon=args.n_lon, n_lat=args.n_lat, fov_deg=args.fov, size=args.size)
 
 

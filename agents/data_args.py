@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rl_scaniqa.agents.arguments import key_values
+from rl_scaniqa.agents.script_args import key_values
 from rl_scaniqa.envs.data.geometry import ViewportGrid
 from rl_scaniqa.envs.features.cache import FeatureCache
 from rl_scaniqa.envs.features.provision import DEFAULT_DATASET, prepare_feature_cache
@@ -21,15 +21,25 @@ class DataArgs:
     """
 
     dataset: str = DEFAULT_DATASET
+    """synth360 | cviqd | oiqa | jufe | csv"""
     root: str = ""
+    """Dataset folder; empty = the generated Synth360 under $RL_SCANIQA_HOME."""
     dataset_options: str = ""
+    """Loader options as KEY=VALUE,KEY=VALUE (jufe: condition=good-15s,hm_root=HMData)."""
     backbone: str = "nss"
-    n_lon: int = 8
-    n_lat: int = 4
-    fov: float = 90.0
-    size: int = 224
+    """nss (offline default), dinov2[:MODEL_OR_DIR], nss+dinov2[:MODEL_OR_DIR]."""
+    n_lon: int = ViewportGrid.n_lon
+    """Viewport columns."""
+    n_lat: int = ViewportGrid.n_lat
+    """Viewport rows."""
+    fov: float = ViewportGrid.fov_deg
+    """Viewport field of view, degrees."""
+    size: int = ViewportGrid.size
+    """Viewport side in pixels."""
     augmentations: str = "weak,mild,heavy"
+    """Augmented views cached for the assessor's losses ('' = none)."""
     cache_dir: str = ""
+    """Feature cache folder; empty = $RL_SCANIQA_HOME/cache."""
 
     def grid(self) -> ViewportGrid:
         """The viewport grid these arguments describe."""

@@ -6,25 +6,35 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rl_scaniqa.agents.arguments import build_dataclass
+from rl_scaniqa.agents.reward_wrapper import TaskRewardSchedule
+from rl_scaniqa.agents.script_args import with_values
 from rl_scaniqa.assessor.losses import AssessorLossWeights
 from rl_scaniqa.envs.features.cache import FeatureStats
+from rl_scaniqa.envs.rewards import RewardWeights
 
 
 @dataclass
 class RewardSettings:
-    """Env and task reward weights (reference values from the paper's code)."""
+    """Env and task reward weights (defaults: ``RewardWeights`` and ``TaskRewardSchedule``)."""
 
-    lambda_entropy: float = 0.5
-    lambda_ssim: float = 1.0
-    lambda_novelty: float = 1.0
-    lambda_equator: float = 0.2
-    beta_coverage: float = 0.2
-    beta_jaccard: float = 0.2
-    task_mse: float = 2.0
-    task_rank: float = 2.0
-    #: Fraction of the run over which the task weights ramp from 0 (paper: 30 of 300 epochs).
+    lambda_entropy: float = RewardWeights.entropy
+    """λ_ent: step reward for the viewport's grey-level entropy."""
+    lambda_ssim: float = RewardWeights.ssim
+    """λ_ssim: step reward for dissimilarity (1 − SSIM) to the previous viewport."""
+    lambda_novelty: float = RewardWeights.novelty
+    """λ_nov: step reward for a viewport not yet visited in the path."""
+    lambda_equator: float = RewardWeights.equator
+    """λ_eqb: step reward of the equator prior."""
+    beta_coverage: float = RewardWeights.coverage
+    """β_cov: set reward for the sphere coverage of the K paths."""
+    beta_jaccard: float = RewardWeights.jaccard
+    """β_jac: set penalty for the mean pairwise Jaccard overlap of the K paths."""
+    task_mse: float = TaskRewardSchedule.mse_weight
+    """Terminal task reward weight of −(q̂ − MOS)², the assessor's squared error on the path."""
+    task_rank: float = TaskRewardSchedule.rank_weight
+    """Terminal task reward weight of the assessor's ranking agreement within the batch."""
     task_warmup_fraction: float = 0.1
+    """Fraction of the run over which the task weights ramp from 0 (paper: 30 of 300 epochs)."""
 
     def env_kwargs(self) -> dict[str, float]:
         """The env's reward keyword arguments."""
@@ -49,8 +59,8 @@ class PPOSettings:
     ent_coef_start: float = 0.02
     ent_coef_end: float = 0.005
     max_grad_norm: float = 1.0
-    # Width 32 measured ~25% faster than 64 (rollouts dominate) with the same learning curve.
     embed_dim: int = 32
+    """Policy width of the viewport embedding (32: ~25% faster than 64, same learning curve)."""
     hidden_dim: int = 32
     attention_dim: int = 32
 
@@ -84,11 +94,17 @@ class CoTrainSettings:
     """Everything :func:`cotrain` needs besides the data."""
 
     total_timesteps: int = 150_000
+    """PPO environment steps of one training."""
     n_paths: int = 15
+    """K: scanpaths per image."""
     path_length: int = 7
+    """T: viewports per scanpath after the start."""
     start: str = "front"
+    """Start viewport of a path: front | random_equator | dataset."""
     seed: int = 0
+    """Seed of PPO, the assessor and the environments."""
     device: str = "auto"
+    """Torch device: auto, cpu, cuda, cuda:1, ..."""
     reward: RewardSettings = field(default_factory=RewardSettings)
     ppo: PPOSettings = field(default_factory=PPOSettings)
     assessor: AssessorSettings = field(default_factory=AssessorSettings)
@@ -107,4 +123,4 @@ class CoTrainSettings:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CoTrainSettings:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
-        return build_dataclass(cls, data, "settings")
+        return with_values(cls(), data, "settings")

@@ -94,7 +94,8 @@ def _projection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--width", type=_erp_width, default=4096, help="ERP width in pixels (height = width / 2)"
     )
-    parser.add_argument("--size", type=_positive_int, default=224, help="viewport side in pixels")
+    parser.add_argument("--size", type=_positive_int, default=ViewportGrid.size,
+                        help="viewport side in pixels")
 
 
 def bench_projection(args: argparse.Namespace) -> dict[str, Any]:

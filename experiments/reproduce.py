@@ -46,7 +46,6 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from rl_scaniqa.agents.arguments import parse_dataclass
 from rl_scaniqa.agents.baselines import (
     CUBE_FACE_PATH_LENGTH,
     AllViewportsAgent,
@@ -68,6 +67,7 @@ from rl_scaniqa.agents.reporting import (
     plot_curve,
     plot_scanpath_panels,
 )
+from rl_scaniqa.agents.script_args import parse_script_args
 from rl_scaniqa.agents.settings import CoTrainSettings
 from rl_scaniqa.assessor.metrics import evaluate, summarize
 from rl_scaniqa.envs.data.datasets import load_dataset, repeated_splits
@@ -116,49 +116,46 @@ class Args(DataArgs):
     """Arguments of ``reproduce.py`` (nested settings: options like ``--settings.ppo.n-envs``)."""
 
     protocol: str = "in-dataset"
+    """in-dataset | cross-dataset (reads --train/--test) | cross-distortion | ablation."""
     train: str = ""
+    """Cross-dataset: training dataset name."""
     train_root: str = ""
+    """Cross-dataset: its folder."""
     train_options: str = ""
+    """Cross-dataset: its loader options."""
     test: str = ""
+    """Cross-dataset: test dataset name."""
     test_root: str = ""
+    """Cross-dataset: its folder."""
     test_options: str = ""
+    """Cross-dataset: its loader options."""
     test_distortions: str = "jpeg2000,noise,underexposure"
+    """Cross-distortion: distortion types held out for testing."""
     splits: int = 10
+    """Reference splits (cross-dataset: training seeds)."""
     split_seed: int = 0
+    """Seed of the first split; split k uses split_seed + k."""
     test_fraction: float = 0.2
+    """Fraction of the references held out for testing in each split."""
     eval_paths: int = 15
+    """K paths per test image."""
     k_values: str = "1,3,5,10,15"
+    """K values of the accuracy-vs-K curve."""
     t_values: str = "3,5,7,9"
+    """Ablation: T values (a model is trained per T)."""
     out: str = "runs/reproduce"
+    """Output folder (rerun with the same folder to resume)."""
     threads: int = 1
+    """Torch intra-op threads (1 is several times faster than 2 on a busy 2-core machine)."""
     quick: bool = False
+    """Smoke run: the small Synth360, 2 splits, a tiny training budget."""
     json: bool = False
+    """Print one JSON line per method summary as the last line."""
     progress: bool = True
+    """Show the progress bar (on stderr)."""
     settings: CoTrainSettings = field(default_factory=CoTrainSettings)
+    """Co-training settings of every trained model."""
 
-
-DOCS = {
-    "protocol": " | ".join(PROTOCOLS),
-    "dataset": "dataset of the in-dataset, cross-distortion and ablation protocols: "
-               "synth360 | cviqd | oiqa | jufe | csv",
-    "root": "dataset folder; empty = the generated Synth360 under $RL_SCANIQA_HOME",
-    "dataset_options": "loader options KEY=VALUE,... (jufe: condition=good-15s, hm_root=HMData)",
-    "train": "cross-dataset: training dataset name", "train_root": "its folder",
-    "train_options": "its loader options", "test": "cross-dataset: test dataset name",
-    "test_root": "its folder", "test_options": "its loader options",
-    "test_distortions": "cross-distortion: distortion types held out for testing",
-    "augmentations": "augmented views cached for the assessor's losses ('' = none)",
-    "splits": "reference splits (cross-dataset: training seeds)",
-    "eval_paths": "K paths per test image",
-    "k_values": "K values of the accuracy-vs-K curve",
-    "t_values": "ablation: T values (a model is trained per T)",
-    "out": "output folder (rerun with the same folder to resume)",
-    "threads": "torch intra-op threads (1 is several times faster than 2 for these small networks "
-               "on a busy 2-core machine)",
-    "quick": "smoke run: the small Synth360, 2 splits, a tiny training budget",
-    "json": "print one JSON line per method summary as the last line",
-    "settings.total_timesteps": "PPO environment steps per trained model",
-}
 
 QUICK_OVERRIDES: dict[str, Any] = {
     "splits": 2, "eval_paths": 5, "k_values": "1,3,5", "t_values": "3,7",
@@ -790,7 +787,7 @@ def json_summary(summary: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_dataclass(Args, __doc__.splitlines()[1], argv, DOCS, {"quick": QUICK_OVERRIDES})
+    args = parse_script_args(Args, __doc__.splitlines()[0], argv, {"quick": QUICK_OVERRIDES})
     check_args(args)
     torch.set_num_threads(args.threads)
     command = " ".join(["experiments/reproduce.py", *(sys.argv[1:] if argv is None else argv)])

@@ -37,7 +37,6 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from rl_scaniqa.agents.arguments import build_dataclass, parse_dataclass
 from rl_scaniqa.agents.cotrain import (
     CoTrainRun,
     setup_cotraining,
@@ -52,6 +51,7 @@ from rl_scaniqa.agents.reporting import (
     plot_scanpath_panels,
 )
 from rl_scaniqa.agents.policy import ScanpathPolicy
+from rl_scaniqa.agents.script_args import parse_script_args, with_values
 from rl_scaniqa.agents.settings import CoTrainSettings
 from rl_scaniqa.assessor.model import QualityAssessor
 from rl_scaniqa.envs.data.datasets.splits import fit_val_test_split
@@ -71,39 +71,35 @@ PPO_NAME = "ppo.zip"
 
 @dataclass
 class Args(DataArgs):
-    """Arguments of ``run_ppo.py`` (nested settings are options like ``--ppo.n-envs``)."""
+    """Arguments of ``run_ppo.py`` (nested settings are options like ``--settings.ppo.n-envs``)."""
 
     test_fraction: float = 0.2
+    """Fraction of the references held out for the final test."""
     val_fraction: float = 0.1
+    """Fraction of the training references held out for validation SRCC."""
     split_seed: int = 0
+    """Seed of the fit / validation / test split by reference content."""
     eval_paths: int = 15
+    """K paths per test image at evaluation."""
     validate_every: int = 10
+    """Rollouts between validations (0 = never)."""
     checkpoint_every: int = 10
+    """Rollouts between checkpoints (0 = only at the end)."""
     out: str = "runs/run_ppo"
+    """Output folder."""
     resume: str = ""
+    """Continue the run in this folder from its last checkpoint."""
     quick: bool = False
+    """Smoke run: small data, few timesteps."""
     json: bool = False
+    """Print the results as JSON on the last line."""
     torch_threads: int = 1
+    """Torch CPU threads; 1 is fastest for these small networks on a busy machine."""
     progress: bool = True
+    """Show the live progress display (on stderr)."""
     settings: CoTrainSettings = field(default_factory=CoTrainSettings)
+    """Co-training settings of the model."""
 
-
-DOCS = {
-    "dataset": "synth360 | cviqd | oiqa | jufe | csv",
-    "root": "dataset folder; empty = the generated Synth360 under $RL_SCANIQA_HOME",
-    "dataset_options": "loader options as KEY=VALUE,KEY=VALUE (e.g. condition=good-15s)",
-    "backbone": "nss (offline default), dinov2[:MODEL_OR_DIR], nss+dinov2[:MODEL_OR_DIR]",
-    "augmentations": "augmented views cached for the assessor's losses ('' = none)",
-    "val_fraction": "fraction of the training references held out for validation SRCC",
-    "eval_paths": "K paths per test image at evaluation",
-    "validate_every": "rollouts between validations (0 = never)",
-    "checkpoint_every": "rollouts between checkpoints (0 = only at the end)",
-    "resume": "continue the run in this folder from its last checkpoint",
-    "quick": "smoke run: small data, few timesteps",
-    "torch_threads": "torch CPU threads; 1 is fastest for these small networks on a busy machine",
-    "json": "print the results as JSON on the last line",
-    "settings.total_timesteps": "PPO environment steps",
-}
 
 #: Values ``--quick`` switches on (explicit options and ``--config`` still win).
 QUICK_OVERRIDES: dict[str, Any] = {
@@ -299,11 +295,11 @@ def write_outputs(out: Path, args: Args, data: Data, result: AgentEvaluation,
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_dataclass(Args, __doc__.splitlines()[1], argv, DOCS, {"quick": QUICK_OVERRIDES})
+    args = parse_script_args(Args, __doc__.splitlines()[0], argv, {"quick": QUICK_OVERRIDES})
     out = Path(args.resume or args.out)
     if args.resume:
         saved = json.loads((out / "config.json").read_text())
-        args = build_dataclass(Args, {**saved, "resume": args.resume, "json": args.json,
+        args = with_values(Args(), {**saved, "resume": args.resume, "json": args.json,
                                       "progress": args.progress})
     else:
         out.mkdir(parents=True, exist_ok=True)

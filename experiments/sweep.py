@@ -40,11 +40,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl_scaniqa.agents.arguments import parse_dataclass
 from rl_scaniqa.agents.cotrain import cotrain
 from rl_scaniqa.agents.data_args import DataArgs
 from rl_scaniqa.agents.evaluation import evaluate_agent
 from rl_scaniqa.agents.reporting import markdown_table
+from rl_scaniqa.agents.script_args import parse_script_args
 from rl_scaniqa.agents.settings import CoTrainSettings
 from rl_scaniqa.envs.data.datasets.splits import fit_val_test_split
 from rl_scaniqa.envs.features.cache import FeatureCache, FeatureStats
@@ -82,42 +82,44 @@ class Args(DataArgs):
     """Arguments of ``sweep.py`` (nested settings: options like ``--settings.total-timesteps``)."""
 
     test_fraction: float = 0.2
+    """Fraction of the references held out for the final test (never loaded by a trial)."""
     val_fraction: float = 0.2
+    """Fraction of the training references held out for validation SRCC."""
     split_seed: int = 0
+    """Seed of the fit / validation / test split by reference content."""
     num_samples: int = 16
+    """Trials (random configurations)."""
     validate_every: int = 5
+    """Rollouts between validations (each is one ASHA time step)."""
     eval_paths: int = 5
+    """K paths per validation image."""
     grace_period: int = 2
+    """Validations every trial gets before ASHA may stop it."""
     reduction_factor: int = 3
+    """ASHA keeps 1 in this many trials at each rung."""
     address: str = ""
+    """Ray cluster to join ('auto' = the running local one); empty = start a local Ray."""
     num_cpus: int = 2
+    """CPUs of the local Ray (ignored with --address)."""
     cpus_per_trial: float = 1.0
+    """CPUs reserved per trial (each trial runs torch with this many threads)."""
     seed: int = 0
+    """Seed of the random search (which configurations); trials train with settings.seed."""
     out: str = "runs/sweep"
+    """Output folder."""
     quick: bool = False
+    """Smoke run: the small Synth360, 2 trials, a tiny budget."""
     json: bool = False
+    """Print the summary as JSON on the last line."""
     progress: bool = True
+    """Show progress and the results table (on stderr)."""
     # 60k PPO steps: a trial that ASHA keeps runs about 2 minutes on one core.
     settings: CoTrainSettings = field(
         default_factory=lambda: CoTrainSettings(total_timesteps=60_000))
+    """Co-training settings of every trial; total-timesteps: the budget of a trial ASHA keeps."""
 
 
-DOCS = {
-    "val_fraction": "fraction of the training references held out for validation SRCC",
-    "num_samples": "trials (random configurations)",
-    "validate_every": "rollouts between validations (each is one ASHA time step)",
-    "eval_paths": "K paths per validation image",
-    "grace_period": "validations every trial gets before ASHA may stop it",
-    "reduction_factor": "ASHA keeps 1 in this many trials at each rung",
-    "address": "Ray cluster to join ('auto' = the running local one); empty = start a local Ray",
-    "num_cpus": "CPUs of the local Ray (ignored with --address)",
-    "cpus_per_trial": "CPUs reserved per trial (each trial runs torch with this many threads)",
-    "seed": "seed of the random search (which configurations are drawn); trials train with "
-            "settings.seed",
-    "quick": "smoke run: the small Synth360, 2 trials, a tiny budget",
-    "settings.total_timesteps": "PPO steps per trial (the full budget of a trial ASHA keeps)",
-}
-
+#: Values ``--quick`` switches on (explicit options and ``--config`` still win).
 QUICK_OVERRIDES: dict[str, Any] = {
     "num_samples": 2, "validate_every": 2, "eval_paths": 3, "grace_period": 1,
     "settings": {"total_timesteps": 1_120, "n_paths": 3,
@@ -374,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ImportError:
         raise SystemExit('sweep.py needs Ray Tune: pip install "rl-scaniqa[sweep]" '
                          '(or pip install "ray[tune]")') from None
-    args = parse_dataclass(Args, __doc__.splitlines()[1], argv, DOCS, {"quick": QUICK_OVERRIDES})
+    args = parse_script_args(Args, __doc__.splitlines()[0], argv, {"quick": QUICK_OVERRIDES})
     if args.num_samples < 1 or args.validate_every < 1:
         raise SystemExit("--num-samples and --validate-every must be at least 1")
     out = Path(args.out)

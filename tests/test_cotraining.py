@@ -9,7 +9,6 @@ import pytest
 import torch
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from rl_scaniqa.agents.arguments import build_dataclass, parse_dataclass
 from rl_scaniqa.agents.assessor_training import AssessorTrainer, random_paths
 from rl_scaniqa.agents.cotrain import setup_cotraining, to_model
 from rl_scaniqa.agents.evaluation import SeededPolicyAgent, run_agent, score_scanpaths
@@ -19,6 +18,7 @@ from rl_scaniqa.agents.reward_wrapper import (
     TaskRewardSchedule,
 )
 from rl_scaniqa.agents.scaniqa_model import ScanIQAModel, build_policy
+from rl_scaniqa.agents.script_args import parse_script_args
 from rl_scaniqa.agents.settings import CoTrainSettings
 from rl_scaniqa.assessor.losses import ranking_reward
 from rl_scaniqa.assessor.model import AssessorConfig, QualityAssessor
@@ -42,7 +42,7 @@ def tiny_settings(**overrides) -> CoTrainSettings:
               "assessor": {"hidden_dim": 16, "attention_dim": 8, "batch_size": 8,
                            "warmup_steps": 2, "steps_per_rollout": 2}}
     values.update(overrides)
-    return build_dataclass(CoTrainSettings, values)
+    return CoTrainSettings.from_dict(values)
 
 
 def make_assessor(dim: int) -> QualityAssessor:
@@ -196,15 +196,15 @@ def test_harness_is_seeded_and_scores_every_path(cache):
     np.testing.assert_allclose(mean, scores.mean(axis=1))
 
 
-def test_parse_dataclass_nested_options_and_config(tmp_path):
+def test_settings_nested_options_and_config(tmp_path):
     config = tmp_path / "best.json"
     config.write_text(json.dumps({"total_timesteps": 10, "ppo": {"n_envs": 3, "gamma": 0.9}}))
-    settings = parse_dataclass(CoTrainSettings, "test",
-                               ["--config", str(config), "--ppo.n-envs", "5",
-                                "--reward.task-mse", "1.5"])
+    settings = parse_script_args(CoTrainSettings, "test",
+                                 ["--config", str(config), "--ppo.n-envs", "5",
+                                  "--reward.task-mse", "1.5"])
     assert settings.total_timesteps == 10
     assert settings.ppo.n_envs == 5 and settings.ppo.gamma == 0.9
     assert settings.reward.task_mse == 1.5
     assert settings.assessor == CoTrainSettings().assessor
     with pytest.raises(ValueError, match="unknown"):
-        build_dataclass(CoTrainSettings, {"ppo": {"n_env": 1}})
+        CoTrainSettings.from_dict({"ppo": {"n_env": 1}})

@@ -168,7 +168,7 @@ def test_cross_dataset_trains_on_all_of_a_and_tests_on_all_of_b(reproduce, monke
     (["--splits", "0"], "--splits"),
 ])
 def test_bad_arguments_are_rejected(reproduce, argv, message):
-    args = reproduce.parse_dataclass(reproduce.Args, "", argv)
+    args = reproduce.parse_script_args(reproduce.Args, "", argv)
     with pytest.raises(ValueError, match=message):
         reproduce.check_args(args)
 

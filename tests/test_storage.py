@@ -1,9 +1,16 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
-from rl_scaniqa.envs.storage import atomic_path, atomic_write_json, default_home
+from rl_scaniqa.envs.storage import (
+    atomic_path,
+    atomic_write_json,
+    default_home,
+    json_line,
+    strict_json,
+)
 
 
 def test_atomic_write_json_round_trip(tmp_path):
@@ -37,3 +44,9 @@ def test_atomic_write_uses_umask_permissions(tmp_path):
     finally:
         os.umask(previous)
     assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_strict_json_replaces_non_finite_numbers():
+    document = {"srcc": float("nan"), "values": np.array([1.0, np.inf]), "n": np.int64(3)}
+    assert strict_json(document) == {"srcc": None, "values": [1.0, None], "n": 3}
+    assert json.loads(json_line(document)) == {"srcc": None, "values": [1.0, None], "n": 3}

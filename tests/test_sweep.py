@@ -73,7 +73,7 @@ def test_two_trial_sweep_on_local_ray(sweep, monkeypatch, tmp_path, capsys):
     # The best config is what run_ppo.py --config accepts, with the winner's weights in it.
     run_ppo = load_script("run_ppo")
     best = json.loads((out / "best_config.json").read_text())
-    args = run_ppo.parse_dataclass(run_ppo.Args, "", ["--config", str(out / "best_config.json")])
+    args = run_ppo.parse_script_args(run_ppo.Args, "", ["--config", str(out / "best_config.json")])
     winner = document["best"]["config"]
     assert args.settings.reward.lambda_ssim == pytest.approx(winner["reward"]["lambda_ssim"])
     assert args.settings.assessor.loss_triplet == pytest.approx(winner["assessor"]["loss_triplet"])

@@ -317,7 +317,8 @@ def extract_viewports(erp: np.ndarray, grid: ViewportGrid) -> np.ndarray:
 
 
 def extract_viewport(
-    erp: np.ndarray, yaw_deg: float, pitch_deg: float, fov_deg: float = 90.0, size: int = 224
+    erp: np.ndarray, yaw_deg: float, pitch_deg: float, fov_deg: float = ViewportGrid.fov_deg,
+    size: int = ViewportGrid.size,
 ) -> np.ndarray:
     """Render one square viewport centred on (yaw, pitch), projected like :func:`extract_viewports`.
 
