@@ -1,29 +1,34 @@
-"""The SB3 callback that co-trains the quality assessor with the scanpath policy.
+"""Small SB3 callbacks that co-train the quality assessor with the scanpath policy.
 
-After every PPO rollout (and before the PPO update that uses it) the callback
+Each callback does one job after every PPO rollout (before the PPO update that uses it):
 
-1. hands the paths finished during the rollout, which the reward wrapper remembered, to the
-   :class:`~rl_scaniqa.agents.assessor_training.AssessorTrainer` and trains the assessor for a few steps
-   on them and on random paths of the training images, so the terminal reward of the next
-   rollout comes from a better assessor;
-2. anneals PPO's entropy coefficient linearly from its start to its end value over training
-   (the clip range is annealed by passing a schedule to PPO itself);
-3. logs the rollout's reward components and the assessor's losses to SB3's logger (TensorBoard);
-4. every ``validate_every`` rollouts calls ``validate`` (e.g. SRCC on held-out references) and
-   every ``checkpoint_every`` rollouts calls ``checkpoint``.
+- :class:`RewardStatsCallback` averages the rollout's reward components from the env infos;
+- :class:`AssessorTrainingCallback` hands the paths finished during the rollout, which the reward
+  wrapper remembered, to the :class:`~rl_scaniqa.agents.assessor_training.AssessorTrainer` and
+  trains the assessor a few steps, so the task reward of the next rollout comes from a better
+  assessor;
+- :class:`EntropyAnnealingCallback` anneals PPO's entropy coefficient linearly over training
+  (the clip range is annealed by passing a schedule to PPO itself);
+- :class:`ValidationCallback` calls a validation function every few rollouts;
+- :class:`CheckpointCallback` calls a save function every few rollouts.
 
-The callback computes no metric and writes no file itself: those are the training script's
-decisions, passed in as functions, which keeps this piece reusable by the sweep and by tests.
+They write what they measured into one shared :class:`RolloutLog`;
+:class:`CoTrainingCallbacks` (a ``CallbackList``) counts the rollouts, runs them in order and
+then logs the rollout's statistics to SB3's logger (TensorBoard) and to an ``on_update``
+function (a live display). No callback computes a metric or writes a file itself: those are the
+caller's decisions, passed in as functions, which keeps the pieces reusable by every script.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from rl_scaniqa.agents.assessor_training import AssessorTrainer
 from rl_scaniqa.agents.reward_wrapper import AssessorRewardVecWrapper
@@ -31,51 +36,42 @@ from rl_scaniqa.agents.reward_wrapper import AssessorRewardVecWrapper
 STEP_COMPONENTS = ("entropy", "ssim", "novelty", "equator")
 
 
-class CoTrainingCallback(BaseCallback):
-    """Co-trains the assessor between PPO updates and anneals the entropy bonus.
+@dataclass
+class RolloutLog:
+    """What the callbacks measured: the current rollout's figures and the latest of each."""
 
-    Parameters
-    ----------
-    reward_env:
-        The reward wrapper of the training VecEnv (source of the finished paths).
-    trainer:
-        Trains the same assessor object the wrapper scores with.
-    assessor_steps:
-        Assessor optimiser steps after each rollout.
-    ent_coef_start, ent_coef_end:
-        Linear annealing of PPO's ``ent_coef`` over the run (reference: 0.02 → 0.005).
-    validate, validate_every:
-        ``validate()`` returns a dict of metrics, logged under ``val/``; called every
-        ``validate_every`` rollouts (0 = never).
-    checkpoint, checkpoint_every:
-        ``checkpoint()`` saves the run; called every ``checkpoint_every`` rollouts (0 = never).
-    on_update:
-        Receives a dict of the latest statistics after every rollout (for a live display).
-    """
+    rollouts: int = 0
+    current: dict[str, Any] = field(default_factory=dict)
+    latest: dict[str, Any] = field(default_factory=dict)
 
-    def __init__(self, reward_env: AssessorRewardVecWrapper, trainer: AssessorTrainer, *,
-                 assessor_steps: int = 50, ent_coef_start: float = 0.02, ent_coef_end: float = 0.005,
-                 validate: Callable[[], dict[str, float]] | None = None, validate_every: int = 0,
-                 checkpoint: Callable[[], None] | None = None, checkpoint_every: int = 0,
-                 on_update: Callable[[dict[str, Any]], None] | None = None, verbose: int = 0):
+
+class RolloutCallback(BaseCallback):
+    """A callback that acts once per rollout and records into a shared :class:`RolloutLog`."""
+
+    def __init__(self, log: RolloutLog, every: int = 1, verbose: int = 0):
         super().__init__(verbose)
-        self.reward_env = reward_env
-        self.trainer = trainer
-        self.assessor_steps = assessor_steps
-        self.ent_coef_start = ent_coef_start
-        self.ent_coef_end = ent_coef_end
-        self.validate = validate
-        self.validate_every = validate_every
-        self.checkpoint = checkpoint
-        self.checkpoint_every = checkpoint_every
-        self.on_update = on_update
-        self.rollouts = 0
-        self.latest: dict[str, Any] = {}
+        self.log = log
+        self.every = every
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.every > 0 and self.log.rollouts % self.every == 0:
+            self.after_rollout()
+
+    @abstractmethod
+    def after_rollout(self) -> None:
+        """The callback's job, done once every ``every`` rollouts."""
+
+
+class RewardStatsCallback(RolloutCallback):
+    """Averages the step, set and task reward components the env reported in the rollout."""
+
+    def __init__(self, log: RolloutLog, verbose: int = 0):
+        super().__init__(log, verbose=verbose)
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
-
-    def _on_training_start(self) -> None:
-        self._anneal()
 
     def _add(self, name: str, value: float) -> None:
         self._sums[name] += value
@@ -95,32 +91,104 @@ class CoTrainingCallback(BaseCallback):
                 self._add("set/jaccard", float(info["jaccard"]))
         return True
 
-    def _anneal(self) -> None:
-        remaining = float(getattr(self.model, "_current_progress_remaining", 1.0))
-        self.model.ent_coef = self.ent_coef_end + (self.ent_coef_start - self.ent_coef_end) * remaining
-
-    def _on_rollout_end(self) -> None:
-        self.rollouts += 1
-        self.trainer.add_paths(self.reward_env.pop_finished_paths())
-        losses = self.trainer.train_steps(self.assessor_steps) if self.assessor_steps > 0 else {}
-        self._anneal()
-        stats: dict[str, Any] = {name: self._sums[name] / self._counts[name] for name in self._sums}
+    def after_rollout(self) -> None:
+        self.log.current.update({name: self._sums[name] / self._counts[name]
+                                 for name in self._sums})
         self._sums.clear()
         self._counts.clear()
-        stats.update({f"assessor/{name}": value for name, value in losses.items()})
-        stats["train/ent_coef"] = float(self.model.ent_coef)
-        stats["task/weights"] = self.reward_env.schedule.weights(self.reward_env.num_timesteps)
-        if self.validate is not None and self.validate_every > 0 \
-                and self.rollouts % self.validate_every == 0:
-            stats.update({f"val/{name}": value for name, value in self.validate().items()})
-        for name, value in stats.items():
+
+
+class AssessorTrainingCallback(RolloutCallback):
+    """Trains the assessor for ``steps`` steps on the rollout's finished paths (and random ones)."""
+
+    def __init__(self, log: RolloutLog, reward_env: AssessorRewardVecWrapper,
+                 trainer: AssessorTrainer, steps: int, verbose: int = 0):
+        super().__init__(log, verbose=verbose)
+        self.reward_env = reward_env
+        self.trainer = trainer
+        self.steps = steps
+
+    def after_rollout(self) -> None:
+        self.trainer.add_paths(self.reward_env.pop_finished_paths())
+        losses = self.trainer.train_steps(self.steps) if self.steps > 0 else {}
+        self.log.current.update({f"assessor/{name}": value for name, value in losses.items()})
+        self.log.current["task/weights"] = self.reward_env.schedule.weights(
+            self.reward_env.num_timesteps)
+
+
+class EntropyAnnealingCallback(RolloutCallback):
+    """PPO's ``ent_coef`` goes linearly from ``start`` to ``end`` over the run (0.02 → 0.005)."""
+
+    def __init__(self, log: RolloutLog, start: float, end: float, verbose: int = 0):
+        super().__init__(log, verbose=verbose)
+        self.start = start
+        self.end = end
+
+    def _anneal(self) -> None:
+        remaining = float(getattr(self.model, "_current_progress_remaining", 1.0))
+        self.model.ent_coef = self.end + (self.start - self.end) * remaining
+
+    def _on_training_start(self) -> None:
+        self._anneal()
+
+    def after_rollout(self) -> None:
+        self._anneal()
+        self.log.current["train/ent_coef"] = float(self.model.ent_coef)
+
+
+class ValidationCallback(RolloutCallback):
+    """Every ``every`` rollouts, ``validate()``'s metrics are recorded under ``val/``."""
+
+    def __init__(self, log: RolloutLog, validate: Callable[[], dict[str, float]], every: int,
+                 verbose: int = 0):
+        super().__init__(log, every, verbose)
+        self.validate = validate
+
+    def after_rollout(self) -> None:
+        self.log.current.update({f"val/{name}": value for name, value in self.validate().items()})
+
+
+class CheckpointCallback(RolloutCallback):
+    """Every ``every`` rollouts, ``save()`` writes what a resume needs."""
+
+    def __init__(self, log: RolloutLog, save: Callable[[], None], every: int, verbose: int = 0):
+        super().__init__(log, every, verbose)
+        self.save = save
+
+    def after_rollout(self) -> None:
+        self.save()
+
+
+class CoTrainingCallbacks(CallbackList):
+    """Runs the rollout callbacks in order, then logs what they recorded.
+
+    ``on_update`` receives the latest statistics (with ``timesteps`` and ``rollouts``) after
+    every rollout.
+    """
+
+    def __init__(self, callbacks: Sequence[RolloutCallback], log: RolloutLog,
+                 on_update: Callable[[dict[str, Any]], None] | None = None):
+        super().__init__(list(callbacks))
+        self.log = log
+        self.on_update = on_update
+
+    @property
+    def rollouts(self) -> int:
+        return self.log.rollouts
+
+    @property
+    def latest(self) -> dict[str, Any]:
+        return self.log.latest
+
+    def _on_rollout_end(self) -> None:
+        self.log.rollouts += 1
+        self.log.current = {}
+        super()._on_rollout_end()
+        for name, value in self.log.current.items():
             if isinstance(value, float):
                 self.logger.record(name, value)
-        self.latest.update(stats)
-        self.latest["timesteps"] = self.num_timesteps
-        self.latest["rollouts"] = self.rollouts
-        if self.checkpoint is not None and self.checkpoint_every > 0 \
-                and self.rollouts % self.checkpoint_every == 0:
-            self.checkpoint()
+        self.log.latest.update(self.log.current)
+        self.log.latest["timesteps"] = self.num_timesteps
+        self.log.latest["rollouts"] = self.log.rollouts
         if self.on_update is not None:
-            self.on_update(self.latest)
+            self.on_update(self.log.latest)

@@ -8,9 +8,12 @@
 2. PPO with :class:`~rl_scaniqa.agents.policy.ScanpathPolicy` runs on ``Panorama360Env`` whose
    step and set rewards come from the env and whose terminal task reward comes from the
    assessor through :class:`~rl_scaniqa.agents.reward_wrapper.AssessorRewardVecWrapper`;
-3. after each rollout :class:`~rl_scaniqa.agents.callbacks.CoTrainingCallback` trains the
-   assessor on the policy's paths and anneals the entropy bonus; PPO's clip range is annealed by
-   a linear schedule (0.2 → 0.1).
+3. after each rollout the callbacks of :mod:`rl_scaniqa.agents.callbacks` train the assessor
+   on the policy's paths, anneal the entropy bonus, validate and checkpoint; PPO's clip range is
+   annealed by a linear schedule (0.2 → 0.1).
+
+Given a checkpoint folder, a run saves itself there every few rollouts and at the end, and a
+rerun resumes from it (:mod:`rl_scaniqa.agents.checkpoint`).
 
 :func:`to_model` packages a run as the :class:`~rl_scaniqa.agents.scaniqa_model.ScanIQAModel`
 artefact.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +34,17 @@ from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from rl_scaniqa.agents.assessor_training import AssessorTrainer, AssessorTrainingConfig
-from rl_scaniqa.agents.callbacks import CoTrainingCallback
+from rl_scaniqa.agents.callbacks import (
+    AssessorTrainingCallback,
+    CheckpointCallback,
+    CoTrainingCallbacks,
+    EntropyAnnealingCallback,
+    RewardStatsCallback,
+    RolloutCallback,
+    RolloutLog,
+    ValidationCallback,
+)
+from rl_scaniqa.agents.checkpoint import restore_checkpoint, save_checkpoint
 from rl_scaniqa.agents.policy import ScanpathPolicy
 from rl_scaniqa.agents.reward_wrapper import (
     AssessorRewardVecWrapper,
@@ -70,23 +84,27 @@ class CoTrainRun:
     ppo: PPO
     assessor: QualityAssessor
     trainer: AssessorTrainer
-    callback: CoTrainingCallback
+    callback: CoTrainingCallbacks
     stats: FeatureStats
     env: AssessorRewardVecWrapper
+    #: Timesteps already done when the run resumed from a checkpoint (``None``: fresh start).
+    resumed_from: int | None = None
 
 
 def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
                      stats: FeatureStats | None = None,
                      validate: Callable[[ScanpathPolicy, QualityAssessor], dict[str, float]] | None = None,
                      validate_every: int = 0,
-                     checkpoint: Callable[[CoTrainRun], None] | None = None,
+                     checkpoint_dir: str | Path | None = None,
                      checkpoint_every: int = 0,
                      on_update: Callable[[dict[str, Any]], None] | None = None,
                      tensorboard_log: str | None = None) -> CoTrainRun:
     """Build PPO, assessor, reward wrapper, trainer and callback over the images of ``cache``.
 
     ``cache`` holds the training images only (use :meth:`FeatureCache.subset`); ``stats``
-    defaults to statistics fitted on them.
+    defaults to statistics fitted on them. ``validate(policy, assessor)`` runs every
+    ``validate_every`` rollouts, a checkpoint is saved to ``checkpoint_dir`` every
+    ``checkpoint_every`` rollouts (0 = never).
     """
     torch.manual_seed(settings.seed)
     settings = dataclasses.replace(settings, device=resolve_device(settings.device))
@@ -116,24 +134,21 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
               ent_coef=ppo_settings.ent_coef_start, max_grad_norm=ppo_settings.max_grad_norm,
               policy_kwargs=policy_kwargs(settings), seed=settings.seed, device=settings.device,
               tensorboard_log=tensorboard_log, verbose=0)
-    run: CoTrainRun
-
-    def run_validation() -> dict[str, float]:
-        assert validate is not None
-        return validate(ppo.policy, assessor)
-
-    def run_checkpoint() -> None:
-        assert checkpoint is not None
-        checkpoint(run)
-
-    callback = CoTrainingCallback(
-        env, trainer, assessor_steps=settings.assessor.steps_per_rollout,
-        ent_coef_start=ppo_settings.ent_coef_start, ent_coef_end=ppo_settings.ent_coef_end,
-        validate=run_validation if validate else None, validate_every=validate_every,
-        checkpoint=run_checkpoint if checkpoint else None, checkpoint_every=checkpoint_every,
-        on_update=on_update)
-    run = CoTrainRun(ppo=ppo, assessor=assessor, trainer=trainer, callback=callback, stats=stats,
-                     env=env)
+    log = RolloutLog()
+    callbacks: list[RolloutCallback] = [
+        RewardStatsCallback(log),
+        AssessorTrainingCallback(log, env, trainer, settings.assessor.steps_per_rollout),
+        EntropyAnnealingCallback(log, ppo_settings.ent_coef_start, ppo_settings.ent_coef_end)]
+    if validate is not None and validate_every > 0:
+        callbacks.append(ValidationCallback(
+            log, lambda: validate(ppo.policy, assessor), validate_every))
+    if checkpoint_dir is not None and checkpoint_every > 0:
+        folder = Path(checkpoint_dir)
+        # ``run`` is bound below, before PPO calls the callback for the first time.
+        callbacks.append(CheckpointCallback(log, lambda: save_checkpoint(run, folder),
+                                            checkpoint_every))
+    run = CoTrainRun(ppo=ppo, assessor=assessor, trainer=trainer,
+                     callback=CoTrainingCallbacks(callbacks, log, on_update), stats=stats, env=env)
     return run
 
 
@@ -163,19 +178,52 @@ def warm_up_assessor(run: CoTrainRun, steps: int, *, progress: bool = False) -> 
     return losses
 
 
+def resume_or_warm_up(run: CoTrainRun, settings: CoTrainSettings,
+                      checkpoint_dir: str | Path | None, *, progress: bool = False) -> int:
+    """Restore the checkpoint in ``checkpoint_dir`` if there is one, else warm the assessor up.
+
+    Returns the PPO timesteps already done (0 for a fresh start) and records them in
+    ``run.resumed_from``.
+    """
+    done = restore_checkpoint(run, checkpoint_dir) if checkpoint_dir is not None else None
+    if done is None:
+        warm_up_assessor(run, settings.assessor.warmup_steps, progress=progress)
+        return 0
+    run.resumed_from = done
+    return done
+
+
+def train_to_budget(run: CoTrainRun, settings: CoTrainSettings, done: int,
+                    checkpoint_dir: str | Path | None) -> None:
+    """Run PPO (with the co-training callbacks) up to ``settings.total_timesteps``.
+
+    With ``checkpoint_dir`` the finished run is checkpointed too, so a rerun finds it complete.
+    """
+    remaining = settings.total_timesteps - done
+    if remaining <= 0:
+        return
+    run.ppo.learn(remaining, callback=run.callback, reset_num_timesteps=not done,
+                  tb_log_name="ppo")
+    if checkpoint_dir is not None:
+        save_checkpoint(run, checkpoint_dir)
+
+
 def cotrain(settings: CoTrainSettings, cache: FeatureCache, *, stats: FeatureStats | None = None,
             validate: Callable[[ScanpathPolicy, QualityAssessor], dict[str, float]] | None = None,
             validate_every: int = 0,
+            checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0,
             on_update: Callable[[dict[str, Any]], None] | None = None,
             progress: bool = False) -> CoTrainRun:
-    """Train one model on the images of ``cache`` from scratch: the whole method in one call.
+    """Train one model on the images of ``cache``: the whole method in one call.
 
-    :func:`setup_cotraining`, :func:`warm_up_assessor` for ``settings.assessor.warmup_steps``
-    steps, then ``settings.total_timesteps`` PPO steps with the co-training callback. For runs
-    that checkpoint and resume, call the pieces yourself (as ``experiments/run_ppo.py`` does).
+    :func:`setup_cotraining`, :func:`resume_or_warm_up` (the assessor warm-up of
+    ``settings.assessor.warmup_steps`` steps on a fresh start), then :func:`train_to_budget`.
+    With ``checkpoint_dir``, the run is saved there every ``checkpoint_every`` rollouts and at
+    the end, and a call with the same folder continues a killed run from its last checkpoint.
     """
     run = setup_cotraining(settings, cache, stats=stats, validate=validate,
-                           validate_every=validate_every, on_update=on_update)
-    warm_up_assessor(run, settings.assessor.warmup_steps, progress=progress)
-    run.ppo.learn(settings.total_timesteps, callback=run.callback)
+                           validate_every=validate_every, checkpoint_dir=checkpoint_dir,
+                           checkpoint_every=checkpoint_every, on_update=on_update)
+    done = resume_or_warm_up(run, settings, checkpoint_dir, progress=progress)
+    train_to_budget(run, settings, done, checkpoint_dir)
     return run

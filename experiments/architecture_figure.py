@@ -77,7 +77,7 @@ BOXES = {
                     "attention pooling over the path's\n"
                     "L = T + 1 features, conditioned on g\n"
                     "sigmoid score on the 0–1 MOS scale", ASSESS),
-    "trainer": Box(2.0, 2.45, 2.7, 1.4, "CoTrainingCallback",
+    "trainer": Box(2.0, 2.45, 2.7, 1.4, "Co-training callbacks",
                    "after each rollout: AssessorTrainer\n"
                    "on policy + random paths (5 losses);\n"
                    "anneals ent_coef 0.02 -> 0.005", ASSESS),

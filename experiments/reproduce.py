@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -80,6 +81,8 @@ PROTOCOLS = ("in-dataset", "cross-dataset", "cross-distortion", "ablation")
 METRICS = ("srcc", "plcc", "krcc", "rmse")
 RESULTS_NAME = "results.json"
 REPORT_NAME = "report.md"
+#: Checkpoints of the trainings of unfinished tasks, one folder per training.
+CHECKPOINTS_NAME = "checkpoints"
 RESULTS_FORMAT = "rl_scaniqa.reproduce"
 
 RL = "RL-ScanIQA"
@@ -147,6 +150,8 @@ class Args(DataArgs):
     """Output folder (rerun with the same folder to resume)."""
     threads: int = 1
     """Torch intra-op threads (1 is several times faster than 2 on a busy 2-core machine)."""
+    checkpoint_every: int = 10
+    """Rollouts between checkpoints of each training, so a killed rerun resumes it (0 = none)."""
     quick: bool = False
     """Smoke run: the small Synth360, 2 splits, a tiny training budget."""
     json: bool = False
@@ -165,7 +170,7 @@ QUICK_OVERRIDES: dict[str, Any] = {
 }
 
 #: Config fields that may change between a run and its resumption.
-RESUMABLE_FIELDS = ("out", "json", "progress", "splits", "threads")
+RESUMABLE_FIELDS = ("out", "json", "progress", "splits", "threads", "checkpoint_every")
 
 
 def int_list(text: str, name: str) -> list[int]:
@@ -322,11 +327,23 @@ class TrainingProgress:
         self.done = self.total
 
 
-def train_model(settings: CoTrainSettings, train: FeatureCache, tracker: TrainingProgress,
-                description: str) -> CoTrainRun:
-    """One co-trained model on all images of ``train`` (feature statistics fitted on them)."""
-    tracker.start(description, settings.total_timesteps)
-    run = cotrain(settings, train, stats=FeatureStats.fit(train), on_update=tracker.update)
+def checkpoint_folder(args: Args, task: Task, training: str) -> Path:
+    """Where one training of ``task`` checkpoints (removed once the task's results are saved)."""
+    slug = "".join(c if c.isalnum() else "-" for c in training.lower()).strip("-")
+    return Path(args.out) / CHECKPOINTS_NAME / f"task{task.index}" / slug
+
+
+def train_model(settings: CoTrainSettings, args: Args, task: Task, tracker: TrainingProgress,
+                training: str) -> CoTrainRun:
+    """One co-trained model on all training images of ``task`` (statistics fitted on them).
+
+    Checkpointed every ``args.checkpoint_every`` rollouts, so a rerun of a killed reproduction
+    continues this training instead of starting it again.
+    """
+    tracker.start(f"{task.label}: training {training}", settings.total_timesteps)
+    run = cotrain(settings, task.train, stats=FeatureStats.fit(task.train),
+                  checkpoint_dir=checkpoint_folder(args, task, training),
+                  checkpoint_every=args.checkpoint_every, on_update=tracker.update)
     tracker.finish()
     return run
 
@@ -420,7 +437,7 @@ def panel_record(task: Task, evaluations: Mapping[str, AgentEvaluation]) -> dict
 def methods_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str, Any]:
     """In-dataset / cross protocols: RL-ScanIQA, every baseline, and the K curve, on one task."""
     settings = variant_settings(args.settings, {}, task.seed)
-    run = train_model(settings, task.train, tracker, f"{task.label}: training {RL}")
+    run = train_model(settings, args, task, tracker, RL)
     tracker.handle.describe(f"{task.label}: scoring methods")
     everything = np.arange(len(task.test))
     evaluations = {RL: evaluate_paths(run.ppo.policy, run, settings, task, everything,
@@ -454,7 +471,7 @@ def ablation_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str
     """Ablation protocol on one split: variants, RL vs human paths, K and T curves."""
     base = args.settings
     full_settings = variant_settings(base, {}, task.seed)
-    full = train_model(full_settings, task.train, tracker, f"{task.label}: training {FULL}")
+    full = train_model(full_settings, args, task, tracker, FULL)
     everything = np.arange(len(task.test))
     evaluations = {FULL: evaluate_paths(full.ppo.policy, full, full_settings, task, everything,
                                         args.eval_paths)}
@@ -472,7 +489,7 @@ def ablation_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str
             full.ppo.policy, full, full_settings, task, with_human, args.eval_paths))
     for name, overrides in ABLATIONS.items():
         settings = variant_settings(base, overrides, task.seed)
-        run = train_model(settings, task.train, tracker, f"{task.label}: training {name}")
+        run = train_model(settings, args, task, tracker, name)
         methods[name] = metrics_of(evaluate_paths(run.ppo.policy, run, settings, task, everything,
                                                   args.eval_paths))
     k_curve: dict[str, dict[str, Any]] = {RL: {}, RANDOM: {}}
@@ -487,7 +504,7 @@ def ablation_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str
             t_curve[RL][str(t)] = methods[FULL]
             continue
         settings = variant_settings(base, {"path_length": t}, task.seed)
-        run = train_model(settings, task.train, tracker, f"{task.label}: training T={t}")
+        run = train_model(settings, args, task, tracker, f"T={t}")
         t_curve[RL][str(t)] = metrics_of(evaluate_paths(run.ppo.policy, run, settings, task,
                                                         everything, args.eval_paths))
     return {"methods": methods, "k_curve": k_curve, "t_curve": t_curve,
@@ -508,6 +525,22 @@ def trainings_per_task(args: Args) -> int:
 
 def comparable_config(args: Args) -> dict[str, Any]:
     return {key: value for key, value in asdict(args).items() if key not in RESUMABLE_FIELDS}
+
+
+def claim_checkpoints(out: Path, args: Args) -> None:
+    """Refuse training checkpoints of another configuration; mark them as this one's."""
+    path = out / CHECKPOINTS_NAME / "config.json"
+    if path.is_file():
+        try:
+            config = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error}); move it away to start "
+                             "the unfinished trainings afresh") from None
+        if config != comparable_config(args):
+            raise ValueError(f"{path.parent} holds training checkpoints of another "
+                             "configuration; use another --out or the same arguments to resume")
+        return
+    atomic_write_json(path, comparable_config(args))
 
 
 def load_finished(out: Path, args: Args) -> list[dict[str, Any]]:
@@ -795,6 +828,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     finished = load_finished(out, args)
+    claim_checkpoints(out, args)
     tasks, data = build_tasks(args)
     done = {record["index"] for record in finished}
     pending = [task for task in tasks if task.index not in done]
@@ -816,6 +850,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             record["seconds"] = time.perf_counter() - started
             records.append(record)
             summary = write_results(out, args, data, records, command)
+            shutil.rmtree(out / CHECKPOINTS_NAME / f"task{task.index}", ignore_errors=True)
             best = record["methods"].get(RL) or record["methods"].get(FULL)
             console.print(f"{task.label} done in {record['seconds'] / 60:.1f} min: "
                           f"{RL} SRCC {best['srcc']:.3f}")

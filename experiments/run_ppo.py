@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -37,11 +37,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from rl_scaniqa.agents.checkpoint import has_checkpoint
 from rl_scaniqa.agents.cotrain import (
-    CoTrainRun,
+    resume_or_warm_up,
     setup_cotraining,
     to_model,
-    warm_up_assessor,
+    train_to_budget,
 )
 from rl_scaniqa.agents.data_args import DataArgs
 from rl_scaniqa.agents.evaluation import AgentEvaluation, SeededPolicyAgent, evaluate_agent
@@ -57,16 +58,12 @@ from rl_scaniqa.assessor.model import QualityAssessor
 from rl_scaniqa.envs.data.datasets.splits import fit_val_test_split
 from rl_scaniqa.envs.features.cache import FeatureCache, FeatureStats
 from rl_scaniqa.envs.storage import (
-    atomic_path,
     atomic_write_json,
     atomic_write_text,
     json_line,
 )
 
 CHECKPOINT_DIR = "checkpoint"
-PROGRESS_NAME = "progress.json"
-ASSESSOR_OPTIMIZER_NAME = "assessor_optimizer.pt"
-PPO_NAME = "ppo.zip"
 
 
 @dataclass
@@ -147,39 +144,6 @@ def evaluate_on(policy: ScanpathPolicy, assessor: QualityAssessor, cache: Featur
                           n_paths=n_paths, path_length=settings.path_length,
                           env_kwargs=settings.env_kwargs(stats), seed=settings.seed,
                           progress=progress)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(run: CoTrainRun, out: Path) -> None:
-    """Everything needed to resume, each file written atomically."""
-    folder = out / CHECKPOINT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / PPO_NAME) as tmp:
-        run.ppo.save(tmp)
-    run.assessor.save(folder)
-    with atomic_path(folder / ASSESSOR_OPTIMIZER_NAME) as tmp:
-        torch.save(run.trainer.state_dict(), tmp)
-    atomic_write_json(folder / PROGRESS_NAME, {
-        "num_timesteps": int(run.ppo.num_timesteps), "rollouts": run.callback.rollouts,
-        "reward_env_timesteps": run.env.num_timesteps})
-
-
-def restore_checkpoint(run: CoTrainRun, out: Path) -> int:
-    """Load the last checkpoint into ``run``; returns the timesteps already done."""
-    from rl_scaniqa.assessor.model import QualityAssessor
-
-    folder = out / CHECKPOINT_DIR
-    progress = json.loads((folder / PROGRESS_NAME).read_text())
-    # set_parameters reads only tensors from the zip (weights_only), never the pickled data.
-    run.ppo.set_parameters(str(folder / PPO_NAME), exact_match=True)
-    run.assessor.load_state_dict(QualityAssessor.load(folder).state_dict())
-    run.trainer.load_state_dict(torch.load(folder / ASSESSOR_OPTIMIZER_NAME, weights_only=True))
-    run.ppo.num_timesteps = int(progress["num_timesteps"])
-    run.callback.rollouts = int(progress["rollouts"])
-    run.env.num_timesteps = int(progress["reward_env_timesteps"])
-    return run.ppo.num_timesteps
 
 
 # ----------------------------------------------------------------------------- display
@@ -294,14 +258,25 @@ def write_outputs(out: Path, args: Args, data: Data, result: AgentEvaluation,
 # ----------------------------------------------------------------------------- main
 
 
+def usage_error(message: str) -> NoReturn:
+    """Exit like argparse does for a bad argument (status 2), before any work."""
+    print(f"run_ppo.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_script_args(Args, __doc__.splitlines()[0], argv, {"quick": QUICK_OVERRIDES})
     out = Path(args.resume or args.out)
     if args.resume:
+        if not (out / "config.json").is_file():
+            usage_error(f"--resume {out}: no run_ppo.py run there (no config.json)")
         saved = json.loads((out / "config.json").read_text())
         args = with_values(Args(), {**saved, "resume": args.resume, "json": args.json,
                                       "progress": args.progress})
     else:
+        if has_checkpoint(out / CHECKPOINT_DIR):
+            usage_error(f"--out {out} holds the checkpoint of an earlier run; continue it with "
+                        f"--resume {out} or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", asdict(args))
     console = Console(stderr=True, quiet=not args.progress)
@@ -326,24 +301,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run = setup_cotraining(
         settings, data.fit, stats=data.stats,
         validate=validate if data.val is not None and len(data.val) >= 3 else None,
-        validate_every=args.validate_every,
-        checkpoint=lambda r: save_checkpoint(r, out), checkpoint_every=args.checkpoint_every,
-        on_update=display.update, tensorboard_log=str(out / "tensorboard"))
-
-    done = 0
-    if args.resume and (out / CHECKPOINT_DIR / PROGRESS_NAME).is_file():
-        done = restore_checkpoint(run, out)
+        validate_every=args.validate_every, checkpoint_dir=out / CHECKPOINT_DIR,
+        checkpoint_every=args.checkpoint_every, on_update=display.update,
+        tensorboard_log=str(out / "tensorboard"))
+    done = resume_or_warm_up(run, settings, out / CHECKPOINT_DIR, progress=args.progress)
+    if run.resumed_from is not None:
         console.print(f"[bold]resume[/]: {done} of {settings.total_timesteps} steps done")
-    else:
-        warm_up_assessor(run, settings.assessor.warmup_steps, progress=args.progress)
-    remaining = settings.total_timesteps - done
-    if remaining > 0:
-        display.start_steps = done
-        display.progress.update(display.task, completed=done)
-        with display:
-            run.ppo.learn(remaining, callback=run.callback, reset_num_timesteps=not done,
-                          tb_log_name="ppo")
-        save_checkpoint(run, out)
+    display.start_steps = done
+    display.progress.update(display.task, completed=done)
+    with display:
+        train_to_budget(run, settings, done, out / CHECKPOINT_DIR)
 
     model = to_model(run, settings, data.cache, metadata={
         "dataset": args.dataset, "command": " ".join(["experiments/run_ppo.py", *(argv or sys.argv[1:])]),

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -40,7 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl_scaniqa.agents.cotrain import cotrain
+from rl_scaniqa.agents.checkpoint import save_checkpoint
+from rl_scaniqa.agents.cotrain import resume_or_warm_up, setup_cotraining, train_to_budget
 from rl_scaniqa.agents.data_args import DataArgs
 from rl_scaniqa.agents.evaluation import evaluate_agent
 from rl_scaniqa.agents.reporting import markdown_table
@@ -52,6 +54,12 @@ from rl_scaniqa.envs.progress import ProgressHandle, progress_bar
 from rl_scaniqa.envs.storage import atomic_write_json, atomic_write_text
 
 METRIC = "val_srcc"
+#: The co-training checkpoint's folder inside a Tune checkpoint.
+TRIAL_CHECKPOINT = "cotrain"
+#: Tune's experiment folder under ``<out>/ray``.
+EXPERIMENT = "sweep"
+#: Arguments a resumed sweep may change: they do not change what the trials compute.
+RESUMABLE_FIELDS = ("resume", "json", "progress", "address", "num_cpus")
 #: Reported when the validation SRCC is undefined (constant predictions): below any real value.
 UNDEFINED_SRCC = -1.0
 
@@ -107,6 +115,9 @@ class Args(DataArgs):
     """Seed of the random search (which configurations); trials train with settings.seed."""
     out: str = "runs/sweep"
     """Output folder."""
+    resume: bool = False
+    """Continue the interrupted sweep in --out: its unfinished and failed trials resume from
+    their last validation (run with the same arguments)."""
     quick: bool = False
     """Smoke run: the small Synth360, 2 trials, a tiny budget."""
     json: bool = False
@@ -174,34 +185,48 @@ def settings_for(base: Mapping[str, Any], config: Mapping[str, Any]) -> CoTrainS
 
 def trial(config: dict[str, Any], *, data: SweepData, base: dict[str, Any], eval_paths: int,
           validate_every: int, threads: int) -> None:
-    """One Ray Tune trial: co-train with the trial's weights, report validation SRCC to Tune."""
+    """One Ray Tune trial: co-train with the trial's weights, report validation SRCC to Tune.
+
+    Every report carries the run's checkpoint, so a trial of a resumed sweep continues from its
+    last validation (and Tune's iteration count, which ASHA stops by, continues with it).
+    """
     from ray import tune
 
     torch.set_num_threads(threads)
     settings = settings_for(base, config)
-    rollout = settings.ppo.n_envs * settings.ppo.n_steps
-    # Validation r comes after r * validate_every rollouts; the final one (if any) sets its own.
-    progress = {"reports": 0, "final_timesteps": 0}
 
     def validate(policy: Any, assessor: Any) -> dict[str, float]:
         evaluation = evaluate_agent(
             policy, assessor, data.val, np.arange(len(data.val)), n_paths=eval_paths,
             path_length=settings.path_length, seed=settings.seed,
             env_kwargs=settings.env_kwargs(data.stats))
-        srcc, plcc = evaluation.metrics["srcc"], evaluation.metrics["plcc"]
-        progress["reports"] += 1
-        timesteps = progress["final_timesteps"] or progress["reports"] * validate_every * rollout
-        tune.report({METRIC: srcc if math.isfinite(srcc) else UNDEFINED_SRCC,
-                     "val_plcc": plcc if math.isfinite(plcc) else UNDEFINED_SRCC,
-                     "timesteps": timesteps})
-        return {"srcc": srcc, "plcc": plcc}
+        return {"srcc": evaluation.metrics["srcc"], "plcc": evaluation.metrics["plcc"]}
 
-    run = cotrain(settings, data.fit, stats=data.stats, validate=validate,
-                  validate_every=validate_every)
-    if progress["reports"] == 0 or run.callback.rollouts % validate_every != 0:
+    def report(srcc: float, plcc: float) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(run, Path(folder) / TRIAL_CHECKPOINT)
+            tune.report({METRIC: srcc if math.isfinite(srcc) else UNDEFINED_SRCC,
+                         "val_plcc": plcc if math.isfinite(plcc) else UNDEFINED_SRCC,
+                         "timesteps": int(run.ppo.num_timesteps)},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+    def on_update(stats: dict[str, Any]) -> None:
+        if stats["rollouts"] % validate_every == 0:
+            report(stats["val/srcc"], stats["val/plcc"])
+
+    run = setup_cotraining(settings, data.fit, stats=data.stats, validate=validate,
+                           validate_every=validate_every, on_update=on_update)
+    checkpoint = tune.get_checkpoint()
+    done = 0
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            done = resume_or_warm_up(run, settings, Path(folder) / TRIAL_CHECKPOINT)
+    else:
+        done = resume_or_warm_up(run, settings, None)
+    train_to_budget(run, settings, done, None)
+    if run.callback.rollouts % validate_every != 0:
         # The budget ended between validations: report where the trial actually finished.
-        progress["final_timesteps"] = int(run.ppo.num_timesteps)
-        validate(run.ppo.policy, run.assessor)
+        report(**validate(run.ppo.policy, run.assessor))
 
 
 def param_space() -> dict[str, dict[str, Any]]:
@@ -320,14 +345,21 @@ def run_sweep(args: Args, data: SweepData, out: Path) -> list[dict[str, Any]]:
                              threads=max(1, int(args.cpus_per_trial))),
         {"cpu": args.cpus_per_trial})
 
+    experiment = (out / "ray" / EXPERIMENT).resolve()
     with progress_bar("sweep trials", args.num_samples, unit="trial", enabled=args.progress) as bar:
-        tuner = tune.Tuner(
-            trainable, param_space=param_space(),
-            tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
-                                        num_samples=args.num_samples,
-                                        search_alg=_random_search(args.seed)),
-            run_config=tune.RunConfig(name="sweep", storage_path=str((out / "ray").resolve()),
-                                      verbose=0, callbacks=[_trial_progress(bar)]))
+        if args.resume:
+            # Tune restores the search, the scheduler and the callbacks from the experiment state.
+            tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable, param_space=param_space(),
+                tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
+                                            num_samples=args.num_samples,
+                                            search_alg=_random_search(args.seed)),
+                run_config=tune.RunConfig(
+                    name=EXPERIMENT, storage_path=str(experiment.parent), verbose=0,
+                    callbacks=[_trial_progress(bar)],
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         result_grid = tuner.fit()
     return trial_rows(result_grid, max_t)
 
@@ -370,6 +402,25 @@ def _random_search(seed: int) -> Any:
     return BasicVariantGenerator(random_state=seed)
 
 
+def check_resume(out: Path, args: Args) -> None:
+    """A resume needs the sweep's state and the same arguments; a fresh sweep records them."""
+    from ray import tune
+
+    config_path = out / "config.json"
+    config = {key: value for key, value in asdict(args).items() if key not in RESUMABLE_FIELDS}
+    if not args.resume:
+        atomic_write_json(config_path, config)
+        return
+    experiment = (out / "ray" / EXPERIMENT).resolve()
+    if not config_path.is_file() or not tune.Tuner.can_restore(str(experiment)):
+        raise SystemExit(f"sweep.py: --resume: no interrupted sweep in {out}")
+    saved = json.loads(config_path.read_text())
+    changed = sorted(key for key in config if saved.get(key) != json.loads(json.dumps(config[key])))
+    if changed:
+        raise SystemExit(f"sweep.py: --resume with other arguments than the sweep in {out} "
+                         f"({', '.join(changed)}); rerun with the sweep's arguments")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         import ray
@@ -380,7 +431,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.num_samples < 1 or args.validate_every < 1:
         raise SystemExit("--num-samples and --validate-every must be at least 1")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_resume(out, args)
     started = time.perf_counter()
     data = load_data(args)
     started_ray = not ray.is_initialized()

@@ -104,6 +104,39 @@ def test_in_dataset_end_to_end_and_resume(reproduce, fake_data, tmp_path, capsys
                         "--eval-paths", "3", *TINY[2:]])
 
 
+def test_a_killed_task_resumes_its_training_from_the_checkpoint(reproduce, fake_data, tmp_path,
+                                                                 monkeypatch, capsys):
+    out = tmp_path / "run"
+    arguments = ["--protocol", "in-dataset", "--splits", "1", "--out", str(out),
+                 "--checkpoint-every", "1", *TINY]
+    original = reproduce.cotrain
+    runs = []
+
+    def killed_after_training(*args, **kwargs):
+        runs.append(original(*args, **kwargs))
+        raise KeyboardInterrupt  # killed while scoring, after the training's last checkpoint
+
+    monkeypatch.setattr(reproduce, "cotrain", killed_after_training)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.main(arguments)
+    folder = out / reproduce.CHECKPOINTS_NAME / "task0"
+    assert runs[0].resumed_from is None and any(folder.iterdir())
+
+    def resuming(*args, **kwargs):
+        runs.append(original(*args, **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(reproduce, "cotrain", resuming)
+    reproduce.main(arguments)
+    assert runs[1].resumed_from == 140 and runs[1].ppo.num_timesteps == 140
+    assert last_json(capsys)[reproduce.RL]["splits"] == 1
+    # The finished task's checkpoints go; the configuration they belonged to stays recorded.
+    assert not folder.exists() and (out / reproduce.CHECKPOINTS_NAME / "config.json").is_file()
+    (out / reproduce.RESULTS_NAME).unlink()  # as if killed during the first task
+    with pytest.raises(ValueError, match="training checkpoints of another configuration"):
+        reproduce.main([*arguments[:-len(TINY)], *TINY[2:]])
+
+
 @pytest.mark.slow
 def test_ablation_trains_every_variant_and_the_t_curve(reproduce, fake_data, tmp_path, capsys):
     out = tmp_path / "ablation"

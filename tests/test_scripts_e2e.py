@@ -101,7 +101,10 @@ def test_run_ppo_resumes_a_killed_run(tiny_synth, tmp_path):
     wait_for(progress_file.is_file, process, timeout=300)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = json.loads(progress_file.read_text())["num_timesteps"]
+    # A kill in the middle of a save leaves the checkpoint before it in checkpoint.previous.
+    saved = progress_file if progress_file.is_file() else \
+        out / "checkpoint.previous" / "progress.json"
+    killed_at = json.loads(saved.read_text())["num_timesteps"]
     assert 0 < killed_at < 4800
 
     resumed = subprocess.run([sys.executable, str(REPO / "experiments" / "run_ppo.py"),
@@ -120,3 +123,12 @@ def test_run_ppo_resumes_a_killed_run(tiny_synth, tmp_path):
                                                                abs=1e-12)
     assert (out / "results.md").is_file() and (out / "scatter.png").is_file()
     assert (out / "scanpaths.png").is_file() and (out / "model" / "model.json").is_file()
+
+    # A fresh run into the finished run's folder would overwrite it; a resume needs a run.
+    again = subprocess.run(command, env=child_env(tmp_path), capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    missing = subprocess.run([sys.executable, str(REPO / "experiments" / "run_ppo.py"),
+                              "--resume", str(tmp_path / "no-run")], env=child_env(tmp_path),
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no run_ppo.py run there" in missing.stderr

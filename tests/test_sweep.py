@@ -79,6 +79,19 @@ def test_two_trial_sweep_on_local_ray(sweep, monkeypatch, tmp_path, capsys):
     assert args.settings.assessor.loss_triplet == pytest.approx(winner["assessor"]["loss_triplet"])
     assert args.settings.total_timesteps == 140 and best["settings"]["path_length"] == 3
 
+    # Every report carried the trial's co-training checkpoint: a completed trial's last one is
+    # at the full budget, and a resumed sweep continues from them (here: nothing left to run).
+    progress = [json.loads(path.read_text())
+                for path in out.glob(f"ray/sweep/*/checkpoint_*/{sweep.TRIAL_CHECKPOINT}/progress.json")]
+    assert progress and max(entry["num_timesteps"] for entry in progress) == 140
+    with pytest.raises(SystemExit, match="other arguments"):
+        sweep.main(["--out", str(out), "--resume", *TINY, "--eval-paths", "3"])
+    sweep.main(["--out", str(out), "--resume", *TINY])
+    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert resumed["trials"] == 2 and resumed["best_val_srcc"] == summary["best_val_srcc"]
+    with pytest.raises(SystemExit, match="no interrupted sweep"):
+        sweep.main(["--out", str(tmp_path / "elsewhere"), "--resume", *TINY])
+
 
 def test_expected_validations_is_ashas_max_t(sweep):
     def args(total, every):
@@ -106,3 +119,4 @@ def test_validation_split_excludes_test_references(sweep):
     seen = set(data.fit.ref_ids) | set(data.val.ref_ids)
     assert not seen & set(data.info["test_refs_excluded"])
     assert not set(data.fit.ref_ids) & set(data.val.ref_ids)
+
