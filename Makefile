@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv test test-fast typecheck demo bench clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,14 @@ test: venv
 # 2 cores). `make test` still runs the whole suite.
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# mypy on the installed package's import names: build/typecheck/rl_scaniqa/{envs,agents,assessor}
+# link to the top-level folders, so `rl_scaniqa.*` imports resolve to this checkout's files.
+TYPECHECK := build/typecheck
+typecheck: venv
+	mkdir -p $(TYPECHECK)/rl_scaniqa
+	for layer in envs agents assessor; do ln -sfn ../../../$$layer $(TYPECHECK)/rl_scaniqa/$$layer; done
+	cd $(TYPECHECK) && ../../$(BIN)/python -m mypy --config-file ../../pyproject.toml -p rl_scaniqa
 
 demo: venv
 	$(BIN)/python experiments/run_ppo.py --out runs/demo

@@ -83,7 +83,7 @@ class AssessorTrainer:
     """
 
     def __init__(self, assessor: QualityAssessor, cache: FeatureCache, stats: FeatureStats,
-                 train_indices: Sequence[int], *, path_length: int, start_viewport: int,
+                 train_indices: Sequence[int] | np.ndarray, *, path_length: int, start_viewport: int,
                  config: AssessorTrainingConfig | None = None, seed: int = 0,
                  device: str | torch.device = "cpu"):
         if len(train_indices) < 2:

@@ -103,15 +103,19 @@ class _ImageAware:
         self._images = np.asarray(image_indices, dtype=np.int64).reshape(-1)
         self._cache = feature_cache
 
-    def _rows(self, n: int) -> tuple[np.ndarray, FeatureCache]:
+    def _announced(self) -> tuple[np.ndarray, FeatureCache]:
         if self._images is None or self._cache is None:
             raise RuntimeError(f"{type(self).__name__} needs to know the images: call "
                                "begin_episodes(image_indices, feature_cache) before predict "
                                "(run_agent does this)")
-        if len(self._images) != n:
-            raise ValueError(f"{type(self).__name__}: predict got {n} observations, "
-                             f"begin_episodes announced {len(self._images)} images")
         return self._images, self._cache
+
+    def _rows(self, n: int) -> tuple[np.ndarray, FeatureCache]:
+        images, cache = self._announced()
+        if len(images) != n:
+            raise ValueError(f"{type(self).__name__}: predict got {n} observations, "
+                             f"begin_episodes announced {len(images)} images")
+        return images, cache
 
 
 # ----------------------------------------------------------------------------- path baselines
@@ -134,7 +138,7 @@ class RandomPathAgent(_ImageAware):
 
     def begin_episodes(self, image_indices: np.ndarray, feature_cache: FeatureCache) -> None:
         super().begin_episodes(image_indices, feature_cache)
-        self._generators = _image_generators(self.seed, self._images)
+        self._generators = _image_generators(self.seed, self._announced()[0])
 
     def predict(self, observation: Mapping[str, np.ndarray], state: Any = None,
                 episode_start: np.ndarray | None = None,
@@ -237,7 +241,7 @@ class EntropyGreedyAgent(_ImageAware):
             raise ValueError(f"EntropyGreedyAgent was built for grid {self.grid.key()}, the cache "
                              f"uses {feature_cache.grid.key()}")
         super().begin_episodes(image_indices, feature_cache)
-        self._generators = _image_generators(self.seed, self._images)
+        self._generators = _image_generators(self.seed, self._announced()[0])
 
     def predict(self, observation: Mapping[str, np.ndarray], state: Any = None,
                 episode_start: np.ndarray | None = None,
@@ -366,7 +370,7 @@ class HumanScanpathAgent(_ImageAware):
     def begin_episodes(self, image_indices: np.ndarray, feature_cache: FeatureCache) -> None:
         super().begin_episodes(image_indices, feature_cache)
         rows = []
-        for index in self._images:
+        for index in self._announced()[0]:
             image_id = feature_cache.image_ids[int(index)]
             paths = self.scanpaths.get(image_id)
             if not paths:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from rl_scaniqa.agents.assessor_training import AssessorTrainer
@@ -124,16 +125,22 @@ class EntropyAnnealingCallback(RolloutCallback):
         self.start = start
         self.end = end
 
+    def _ppo(self) -> PPO:
+        if not isinstance(self.model, PPO):
+            raise TypeError(f"EntropyAnnealingCallback anneals PPO's ent_coef; the model is a "
+                            f"{type(self.model).__name__}")
+        return self.model
+
     def _anneal(self) -> None:
-        remaining = float(getattr(self.model, "_current_progress_remaining", 1.0))
-        self.model.ent_coef = self.end + (self.start - self.end) * remaining
+        ppo = self._ppo()
+        ppo.ent_coef = self.end + (self.start - self.end) * ppo._current_progress_remaining
 
     def _on_training_start(self) -> None:
         self._anneal()
 
     def after_rollout(self) -> None:
         self._anneal()
-        self.log.current["train/ent_coef"] = float(self.model.ent_coef)
+        self.log.current["train/ent_coef"] = float(self._ppo().ent_coef)
 
 
 class ValidationCallback(RolloutCallback):

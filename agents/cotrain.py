@@ -90,6 +90,14 @@ class CoTrainRun:
     #: Timesteps already done when the run resumed from a checkpoint (``None``: fresh start).
     resumed_from: int | None = None
 
+    @property
+    def policy(self) -> ScanpathPolicy:
+        """PPO's policy, the :class:`ScanpathPolicy` that :func:`setup_cotraining` gave it."""
+        policy = self.ppo.policy
+        if not isinstance(policy, ScanpathPolicy):
+            raise TypeError(f"the run's PPO holds a {type(policy).__name__}, not a ScanpathPolicy")
+        return policy
+
 
 def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
                      stats: FeatureStats | None = None,
@@ -139,12 +147,12 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
         RewardStatsCallback(log),
         AssessorTrainingCallback(log, env, trainer, settings.assessor.steps_per_rollout),
         EntropyAnnealingCallback(log, ppo_settings.ent_coef_start, ppo_settings.ent_coef_end)]
+    # ``run`` is bound below, before PPO calls the callbacks for the first time.
     if validate is not None and validate_every > 0:
         callbacks.append(ValidationCallback(
-            log, lambda: validate(ppo.policy, assessor), validate_every))
+            log, lambda: validate(run.policy, assessor), validate_every))
     if checkpoint_dir is not None and checkpoint_every > 0:
         folder = Path(checkpoint_dir)
-        # ``run`` is bound below, before PPO calls the callback for the first time.
         callbacks.append(CheckpointCallback(log, lambda: save_checkpoint(run, folder),
                                             checkpoint_every))
     run = CoTrainRun(ppo=ppo, assessor=assessor, trainer=trainer,
@@ -155,7 +163,7 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
 def to_model(run: CoTrainRun, settings: CoTrainSettings, cache: FeatureCache,
              metadata: Mapping[str, Any] | None = None) -> ScanIQAModel:
     """Package a run's policy and assessor as a :class:`ScanIQAModel`."""
-    return ScanIQAModel(policy=run.ppo.policy, assessor=run.assessor, feature_stats=run.stats,
+    return ScanIQAModel(policy=run.policy, assessor=run.assessor, feature_stats=run.stats,
                         settings=settings, grid=cache.grid, backbone=cache.backbone,
                         mos_scale=cache.mos_scale, metadata=dict(metadata or {}))
 

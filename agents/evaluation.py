@@ -83,7 +83,11 @@ class SeededPolicyAgent:
         """Actions (n,) for n stacked observations; ``state`` passes through (no recurrence)."""
         obs, _ = self.policy.obs_to_tensor(observation)
         with torch.no_grad():
-            probs = self.policy.get_distribution(obs).distribution.probs.cpu()
+            distribution = self.policy.get_distribution(obs).distribution
+            if not isinstance(distribution, torch.distributions.Categorical):
+                raise TypeError("SeededPolicyAgent samples viewports from a categorical policy, "
+                                f"got {type(distribution).__name__}")
+            probs = distribution.probs.cpu()
         if deterministic:
             return probs.argmax(dim=1).numpy(), state
         n = probs.shape[0]

@@ -60,7 +60,7 @@ def _check_space(observation_space: spaces.Space) -> tuple[int, int]:
     if missing:
         raise ValueError(f"ScanpathExtractor: observation space lacks keys {missing}")
     cand_shape = observation_space["candidates"].shape
-    if len(cand_shape) != 2:
+    if cand_shape is None or len(cand_shape) != 2:
         raise ValueError(f"ScanpathExtractor: 'candidates' must be (V, D), got {cand_shape}")
     n_viewports, dim = cand_shape
     expected = {"global": (dim,), "visited": (n_viewports,)}
@@ -69,7 +69,7 @@ def _check_space(observation_space: spaces.Space) -> tuple[int, int]:
             raise ValueError(f"ScanpathExtractor: '{key}' must have shape {shape}, "
                              f"got {observation_space[key].shape}")
     history_shape = observation_space["history"].shape
-    if len(history_shape) != 1 or history_shape[0] < 1:
+    if history_shape is None or len(history_shape) != 1 or history_shape[0] < 1:
         raise ValueError(f"ScanpathExtractor: 'history' must be (L,) with L >= 1, "
                          f"got {history_shape}")
     return n_viewports, dim
@@ -107,6 +107,8 @@ class ScanpathExtractor(BaseFeaturesExtractor):
     :param dedup_min_batch: batches with at least this many rows project each distinct candidate
         matrix once; smaller batches project every row.
     """
+
+    _probe: th.Tensor  # a buffer (register_buffer below), not a parameter
 
     def __init__(
         self,

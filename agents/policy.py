@@ -27,9 +27,8 @@ is not ``nn.Linear``/``nn.Conv2d``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch as th
@@ -76,23 +75,20 @@ class ScanpathHead(nn.Module):
         return self.value_mlp(features[:, self.n_viewports :])
 
 
-class _ScanpathPolicyMixin:
+# The mixin is written against SB3's (Maskable)ActorCriticPolicy, which follows it in the MRO;
+# type checkers see it as a subclass of ActorCriticPolicy to know the attributes it uses.
+if TYPE_CHECKING:
+    _PolicyBase = ActorCriticPolicy
+else:
+    _PolicyBase = object
+
+
+class _ScanpathPolicyMixin(_PolicyBase):
     """Builds the scanpath head in place of SB3's MlpExtractor and action_net (both policies).
 
     ``net_arch`` is the list of hidden widths of the value MLP on [h; g] (default ``[64]``); the
     actor has no MLP (it is the attention), so a dict with a ``"pi"`` entry is rejected.
     """
-
-    # Set by SB3's (Maskable)ActorCriticPolicy, which follows this mixin in the MRO.
-    action_space: spaces.Discrete
-    features_extractor: ScanpathExtractor
-    net_arch: list[int]
-    activation_fn: type[nn.Module]
-    ortho_init: bool
-    optimizer_class: type[th.optim.Optimizer]
-    optimizer_kwargs: dict[str, Any]
-    init_weights: Callable[..., None]
-    parameters: Callable[[], Iterator[nn.Parameter]]
 
     def __init__(
         self,
@@ -119,7 +115,7 @@ class _ScanpathPolicyMixin:
                 raise ValueError("the actor is the attention: net_arch may only set 'vf' "
                                  "(value MLP widths)")
             net_arch = list(net_arch.get("vf", []))
-        super().__init__(  # type: ignore[call-arg]
+        super().__init__(
             observation_space,
             action_space,
             lr_schedule,
@@ -129,15 +125,23 @@ class _ScanpathPolicyMixin:
             **kwargs,
         )
 
+    def _scanpath_extractor(self) -> ScanpathExtractor:
+        extractor = self.features_extractor
+        if not isinstance(extractor, ScanpathExtractor):  # __init__ checked the class
+            raise TypeError(f"expected a ScanpathExtractor, got {type(extractor).__name__}")
+        return extractor
+
     def _build_mlp_extractor(self) -> None:
         """Install :class:`ScanpathHead` as ``mlp_extractor``."""
-        extractor = self.features_extractor
-        n_actions = int(self.action_space.n)
+        extractor = self._scanpath_extractor()
+        # __init__ checked the action space and turned net_arch into a list.
+        n_actions = int(cast(spaces.Discrete, self.action_space).n)
         if n_actions != extractor.n_viewports:
             raise ValueError(f"action space has {n_actions} actions but the observation has "
                              f"{extractor.n_viewports} candidates")
-        self.mlp_extractor = ScanpathHead(extractor.n_viewports, extractor.state_dim,
-                                          self.net_arch, self.activation_fn)
+        self.mlp_extractor = ScanpathHead(  # type: ignore[assignment]
+            extractor.n_viewports, extractor.state_dim, cast(list[int], self.net_arch),
+            self.activation_fn)
 
     def _build(self, lr_schedule: Schedule) -> None:
         """Create head, identity ``action_net``, ``value_net``, the init and the optimizer.
@@ -150,16 +154,17 @@ class _ScanpathPolicyMixin:
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
         if self.ortho_init:
             # Insertion order matters: ``v`` is re-initialised after the rest of the extractor.
-            module_gains = {
+            module_gains: dict[nn.Module, float] = {
                 self.features_extractor: np.sqrt(2),
                 self.mlp_extractor: np.sqrt(2),
-                self.features_extractor.score: 0.01,
+                self._scanpath_extractor().score: 0.01,
                 self.value_net: 1.0,
             }
             for module, gain in module_gains.items():
                 module.apply(partial(self.init_weights, gain=gain))
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1),
-                                              **self.optimizer_kwargs)
+        # Every torch optimiser takes lr; torch types the Optimizer base class without it.
+        self.optimizer = self.optimizer_class(  # type: ignore[call-arg]
+            self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
 
 class ScanpathPolicy(_ScanpathPolicyMixin, ActorCriticPolicy):
@@ -173,5 +178,8 @@ class ScanpathPolicy(_ScanpathPolicyMixin, ActorCriticPolicy):
     """
 
 
-class MaskableScanpathPolicy(_ScanpathPolicyMixin, MaskableActorCriticPolicy):
+# sb3-contrib types mlp_extractor as MlpExtractor and action_net as a Linear layer; the mixin
+# installs ScanpathHead and an Identity, which answer the same calls (forward_actor/critic,
+# latent_dim_pi/vf).
+class MaskableScanpathPolicy(_ScanpathPolicyMixin, MaskableActorCriticPolicy):  # type: ignore[misc]
     """The same policy for sb3-contrib ``MaskablePPO`` (env ``action_masks()`` applied on top)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from gymnasium import spaces
 
@@ -127,4 +127,5 @@ def load_policy_weights(policy: ScanpathPolicy, path: Path, device: str = "cpu")
     _, params, _ = load_from_zip_file(path, load_data=False, device=device)
     if "policy" not in params:
         raise ValueError(f"{path}: no policy tensors in this zip")
-    policy.load_state_dict(params["policy"])
+    # SB3 annotates the zip's parameter groups as tensors; each group is a state dict.
+    policy.load_state_dict(cast(dict[str, Any], params["policy"]))

@@ -17,6 +17,7 @@ reward the policy is trained on and the loss the assessor is trained on cannot d
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import overload
 
 import numpy as np
 import torch
@@ -188,6 +189,10 @@ def _like_input(result: torch.Tensor, reference: np.ndarray | torch.Tensor
     return result if isinstance(reference, torch.Tensor) else result.numpy()
 
 
+@overload
+def mse_reward(pred: np.ndarray, target: np.ndarray) -> np.ndarray: ...
+@overload
+def mse_reward(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 def mse_reward(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor
                ) -> np.ndarray | torch.Tensor:
     """Per-item terminal reward −(q̂ − MOS)², in [−1, 0] on the 0–1 scale (0 = perfect).
@@ -201,6 +206,10 @@ def mse_reward(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tenso
     return _like_input(-(p - t.to(p.dtype)) ** 2, pred)
 
 
+@overload
+def ranking_reward(preds: np.ndarray, targets: np.ndarray) -> np.ndarray: ...
+@overload
+def ranking_reward(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
 def ranking_reward(preds: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor
                    ) -> np.ndarray | torch.Tensor:
     """Per-item terminal ranking reward against the other items of the batch.

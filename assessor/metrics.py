@@ -28,7 +28,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -262,7 +262,7 @@ def evaluate(pred: ArrayLike, mos: ArrayLike) -> dict[str, float | int | str]:
     }
 
 
-def summarize(results: Sequence[Mapping[str, object]]) -> dict[str, dict[str, float | int]]:
+def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | int]]:
     """Mean and spread of each numeric metric over repeated splits.
 
     Returns ``{metric: {"mean", "std", "count"}}`` for every numeric (non-bool) key present in

@@ -116,9 +116,9 @@ class QualityAssessor(nn.Module):
         self.att_global = nn.Linear(h, a, bias=False)
         self.att_product = nn.Linear(h, a, bias=False)
         self.att_score = nn.Linear(a, 1, bias=False)
-        self.head = nn.Sequential(
-            nn.Linear(2 * h, h), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(h, 1))
-        nn.init.zeros_(self.head[-1].bias)
+        hidden, output = nn.Linear(2 * h, h), nn.Linear(h, 1)  # in this order: same init draws
+        nn.init.zeros_(output.bias)
+        self.head = nn.Sequential(hidden, nn.GELU(), nn.Dropout(config.dropout), output)
 
     def _check_inputs(self, path_features: torch.Tensor, global_features: torch.Tensor,
                       mask: torch.Tensor | None) -> None:

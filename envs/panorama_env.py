@@ -6,7 +6,7 @@ import inspect
 import math
 import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import gymnasium as gym
 import numpy as np
@@ -168,6 +168,15 @@ class Panorama360Env(gym.Env[Observation, int]):
 
     metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
 
+    # The current path's state, set by _start_path and advanced by step.
+    _current: int
+    _path: list[int]
+    _step_in_path: int
+    _history: np.ndarray
+    _visited: np.ndarray
+    _visited_list: list[bool]
+    _n_unique: int
+
     def __init__(
         self,
         dataset: str = "synth360",
@@ -248,9 +257,11 @@ class Panorama360Env(gym.Env[Observation, int]):
         self._image_index_set = frozenset(self.image_indices)
         self.feature_stats = _resolve_stats(feature_stats, feature_cache, fit_on)
 
-        self.action_space = spaces.Discrete(n_viewports)
-        self.observation_space = observation_space_for(n_viewports, dim, self.path_length,
-                                                       self.n_paths, self.feature_clip)
+        # Gymnasium types Discrete by its NumPy sample and Dict as Any-valued; this env takes
+        # plain int actions and gives ndarray-valued observations.
+        self.action_space = cast(spaces.Space[int], spaces.Discrete(n_viewports))
+        self.observation_space = cast(spaces.Space[Observation], observation_space_for(
+            n_viewports, dim, self.path_length, self.n_paths, self.feature_clip))
 
         self._n_viewports = n_viewports
         # Templates copied into every observation: a copy is cheaper than building from scratch.
@@ -394,7 +405,7 @@ class Panorama360Env(gym.Env[Observation, int]):
         start = self._start_viewport()
         n_viewports = self._n_viewports
         self._current = start
-        self._path: list[int] = [start]
+        self._path = [start]
         self._step_in_path = 0
         self._history = self._history_template.copy()
         self._history[0] = start
@@ -407,13 +418,15 @@ class Panorama360Env(gym.Env[Observation, int]):
     def _end_path(self, reward: float,
                   info: dict[str, Any]) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
         """Finish the current path: path info, then the next path or the episode's end."""
+        index = self._image_index
+        assert index is not None, "a path ends only inside an episode (step checks reset)"
         path = self._path
         self._paths.append(path)
         info["path"] = list(path)
         info["path_features"] = self._candidates[path]
         info["global_feature"] = self._global.copy()
-        info["image_index"] = self._image_index
-        info["mos_normalized"] = float(self._mos_normalized[self._image_index])
+        info["image_index"] = index
+        info["mos_normalized"] = float(self._mos_normalized[index])
         if self._path_index + 1 < self.n_paths:
             self._path_index += 1
             self._start_path()
@@ -429,8 +442,8 @@ class Panorama360Env(gym.Env[Observation, int]):
         info.update(
             action_mask=self._mask(),
             paths=paths,
-            image_id=cache.image_ids[self._image_index],
-            mos=float(cache.mos[self._image_index]),
+            image_id=cache.image_ids[index],
+            mos=float(cache.mos[index]),
             coverage=diversity.coverage,
             jaccard=diversity.jaccard,
             reward_components={
@@ -484,8 +497,8 @@ def allowed_viewports(visited: ArrayT) -> ArrayT:
     path, or all of them once every one is visited (paths longer than the grid). ``visited`` is
     the observation's 0/1 array, NumPy ``(..., V)`` or a torch tensor of that shape.
     """
-    allowed = visited < 0.5
-    return allowed | ~allowed.any(-1)[..., None]
+    allowed: Any = visited < 0.5  # NumPy types the comparison "bool or array"; here an array
+    return cast(ArrayT, allowed | ~allowed.any(-1)[..., None])
 
 
 def observation_space_for(n_viewports: int, dim: int, path_length: int, n_paths: int,

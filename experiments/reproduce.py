@@ -440,7 +440,7 @@ def methods_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str,
     run = train_model(settings, args, task, tracker, RL)
     tracker.handle.describe(f"{task.label}: scoring methods")
     everything = np.arange(len(task.test))
-    evaluations = {RL: evaluate_paths(run.ppo.policy, run, settings, task, everything,
+    evaluations = {RL: evaluate_paths(run.policy, run, settings, task, everything,
                                       args.eval_paths)}
     for name, (agent, overrides) in path_agents(task.test.grid, task.seed).items():
         evaluations[name] = evaluate_paths(agent, run, settings, task, everything,
@@ -454,7 +454,7 @@ def methods_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str,
     methods[SVR] = evaluate_svr(task)
     k_curve: dict[str, dict[str, Any]] = {RL: {}, RANDOM: {}}
     for k in int_list(args.k_values, "k-values"):
-        k_curve[RL][str(k)] = metrics_of(evaluate_paths(run.ppo.policy, run, settings, task,
+        k_curve[RL][str(k)] = metrics_of(evaluate_paths(run.policy, run, settings, task,
                                                         everything, k))
         k_curve[RANDOM][str(k)] = metrics_of(evaluate_paths(RandomPathAgent(task.seed), run,
                                                             settings, task, everything, k))
@@ -473,7 +473,7 @@ def ablation_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str
     full_settings = variant_settings(base, {}, task.seed)
     full = train_model(full_settings, args, task, tracker, FULL)
     everything = np.arange(len(task.test))
-    evaluations = {FULL: evaluate_paths(full.ppo.policy, full, full_settings, task, everything,
+    evaluations = {FULL: evaluate_paths(full.policy, full, full_settings, task, everything,
                                         args.eval_paths)}
     evaluations[RANDOM] = evaluate_paths(RandomPathAgent(task.seed), full, full_settings, task,
                                          everything, args.eval_paths)
@@ -486,15 +486,15 @@ def ablation_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str
         methods[HUMAN] = metrics_of(human)
         # RL on exactly the images the human row is measured on, for a like-for-like pair.
         methods[f"{RL} (images with human paths)"] = metrics_of(evaluate_paths(
-            full.ppo.policy, full, full_settings, task, with_human, args.eval_paths))
+            full.policy, full, full_settings, task, with_human, args.eval_paths))
     for name, overrides in ABLATIONS.items():
         settings = variant_settings(base, overrides, task.seed)
         run = train_model(settings, args, task, tracker, name)
-        methods[name] = metrics_of(evaluate_paths(run.ppo.policy, run, settings, task, everything,
+        methods[name] = metrics_of(evaluate_paths(run.policy, run, settings, task, everything,
                                                   args.eval_paths))
     k_curve: dict[str, dict[str, Any]] = {RL: {}, RANDOM: {}}
     for k in int_list(args.k_values, "k-values"):
-        k_curve[RL][str(k)] = metrics_of(evaluate_paths(full.ppo.policy, full, full_settings, task,
+        k_curve[RL][str(k)] = metrics_of(evaluate_paths(full.policy, full, full_settings, task,
                                                         everything, k))
         k_curve[RANDOM][str(k)] = metrics_of(evaluate_paths(RandomPathAgent(task.seed), full,
                                                             full_settings, task, everything, k))
@@ -505,7 +505,7 @@ def ablation_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str
             continue
         settings = variant_settings(base, {"path_length": t}, task.seed)
         run = train_model(settings, args, task, tracker, f"T={t}")
-        t_curve[RL][str(t)] = metrics_of(evaluate_paths(run.ppo.policy, run, settings, task,
+        t_curve[RL][str(t)] = metrics_of(evaluate_paths(run.policy, run, settings, task,
                                                         everything, args.eval_paths))
     return {"methods": methods, "k_curve": k_curve, "t_curve": t_curve,
             "panels": panel_record(task, evaluations),

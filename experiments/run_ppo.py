@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dataset": args.dataset, "command": " ".join(["experiments/run_ppo.py", *(argv or sys.argv[1:])]),
         "seed": settings.seed, "timesteps": int(run.ppo.num_timesteps)})
     model.save(out / "model")
-    result = evaluate_on(run.ppo.policy, run.assessor, data.test, settings, data.stats,
+    result = evaluate_on(run.policy, run.assessor, data.test, settings, data.stats,
                          n_paths=args.eval_paths, progress=args.progress)
     document = write_outputs(out, args, data, result, time.perf_counter() - started)
     summary = {key: document[key] for key in ("srcc", "plcc", "krcc", "rmse", "n_test_images",

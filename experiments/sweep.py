@@ -226,7 +226,7 @@ def trial(config: dict[str, Any], *, data: SweepData, base: dict[str, Any], eval
     train_to_budget(run, settings, done, None)
     if run.callback.rollouts % validate_every != 0:
         # The budget ended between validations: report where the trial actually finished.
-        report(**validate(run.ppo.policy, run.assessor))
+        report(**validate(run.policy, run.assessor))
 
 
 def param_space() -> dict[str, dict[str, Any]]:

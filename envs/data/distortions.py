@@ -137,6 +137,8 @@ def _encode_decode(image: np.ndarray, ext: str, params: list[int]) -> np.ndarray
     if not ok:
         raise RuntimeError(f"OpenCV could not encode {ext} (build without this codec?)")
     decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise RuntimeError(f"OpenCV could not decode the {ext} it encoded")
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
@@ -189,9 +191,9 @@ def stitching_misalignment(
                             cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
         # Blend weight: ramp 0 -> 1 over the zone before the seam, 1 over the zone after it.
         offset = np.arange(strip.shape[1]) - (margin + zone)  # 0 at the seam column
-        alpha = np.clip((offset + zone) / zone, 0.0, 1.0)
-        alpha[offset >= zone] = 0.0
-        alpha = alpha.astype(np.float32)[None, :, None]
+        ramp = np.clip((offset + zone) / zone, 0.0, 1.0)
+        ramp[offset >= zone] = 0.0
+        alpha = ramp.astype(np.float32)[None, :, None]
         blended = strip.astype(np.float32) * (1.0 - alpha) + shifted.astype(np.float32) * alpha
         inner = slice(margin, strip.shape[1] - margin)
         out[:, cols[inner]] = np.rint(blended[:, inner]).astype(np.uint8)

@@ -82,30 +82,35 @@ _TIE_TOLERANCE = 1e-12
 def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
-    return int(value)
+    number = int(value)
+    if number < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {number}")
+    return number
 
 
 def _check_fov(fov_deg: object) -> float:
     if isinstance(fov_deg, bool) or not isinstance(fov_deg, Real) or not math.isfinite(fov_deg):
         raise ValueError(f"fov_deg must be a finite number of degrees, got {fov_deg!r}")
-    if not 0.0 < fov_deg < 180.0:
+    fov = float(fov_deg)
+    if not 0.0 < fov < 180.0:
         # A gnomonic image plane cannot hold a field of view of 180 degrees or more.
-        raise ValueError(f"fov_deg must lie in (0, 180) degrees, got {fov_deg}")
-    return float(fov_deg)
+        raise ValueError(f"fov_deg must lie in (0, 180) degrees, got {fov}")
+    return fov
 
 
 def _check_direction(yaw_deg: object, pitch_deg: object) -> tuple[float, float]:
     """Validate a direction and return it with yaw wrapped into [-180, 180)."""
+    degrees = []
     for name, value in (("yaw_deg", yaw_deg), ("pitch_deg", pitch_deg)):
         if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number of degrees, got {value!r}")
-    if not -90.0 <= pitch_deg <= 90.0:
-        raise ValueError(f"pitch_deg must lie in [-90, 90] degrees, got {pitch_deg}")
-    return (float(yaw_deg) + 180.0) % 360.0 - 180.0, float(pitch_deg)
+        degrees.append(float(value))
+    yaw, pitch = degrees
+    if not -90.0 <= pitch <= 90.0:
+        raise ValueError(f"pitch_deg must lie in [-90, 90] degrees, got {pitch}")
+    return (yaw + 180.0) % 360.0 - 180.0, pitch
 
 
 @dataclass(frozen=True)

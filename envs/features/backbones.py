@@ -393,7 +393,7 @@ def _tile_contrasts(erp: np.ndarray) -> np.ndarray:
     if width > _TILE_WIDTH:
         erp = cv2.resize(erp, (_TILE_WIDTH, max(round(height * _TILE_WIDTH / width), 1)), interpolation=cv2.INTER_AREA)
     grey = cv2.cvtColor(erp, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    levels = [grey]
+    levels: list[np.ndarray] = [grey]
     for _ in range(2):
         g = levels[-1]
         levels.append(cv2.resize(g, (max(g.shape[1] // 2, 1), max(g.shape[0] // 2, 1)), interpolation=cv2.INTER_AREA))

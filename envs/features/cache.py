@@ -457,7 +457,8 @@ class FeatureCache:
         pick = [int(k) for k in idx]
         lists = {name: [getattr(self, name)[k] for k in pick] for name in CACHE_LISTS}
         arrays = {name: array[idx] for name, array in self.arrays().items()}
-        return dataclasses.replace(self, **lists, **arrays)
+        changes: dict[str, Any] = {**lists, **arrays}
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -769,10 +770,10 @@ def _read_cache(path: Path, expect_backbone: str | None,
     for spec in CACHE_ARRAYS:
         if spec.name not in tensors:
             raise CacheError(f"{path}: feature cache lacks the {spec.name!r} array")
+    contents: dict[str, Any] = {**lists, **{spec.name: tensors[spec.name] for spec in CACHE_ARRAYS}}
     cache = FeatureCache(
         backbone=metadata.get("backbone", ""), dim=dim, grid=grid, dataset=metadata.get("dataset", ""),
-        mos_scale=MosScale(float(low), float(high)), augmentations=augmentations,
-        **lists, **{spec.name: tensors[spec.name] for spec in CACHE_ARRAYS},
+        mos_scale=MosScale(float(low), float(high)), augmentations=augmentations, **contents,
     )
     cache.validate(str(path))
     return cache, metadata
@@ -967,7 +968,9 @@ def _run_in_pool(jobs: Sequence[_ChunkJob], backbone: Backbone, workers: int,
         pool.shutdown(wait=True, cancel_futures=True)
     failed = [f for f in futures if not f.cancelled() and f.exception() is not None]
     if failed:
-        raise min(failed, key=lambda f: futures[f].start).exception()
+        first = min(failed, key=lambda f: futures[f].start).exception()
+        if first is not None:
+            raise first
 
 
 def _build_chunks(records: list[PanoramaRecord], backbone: Backbone, grid: ViewportGrid,

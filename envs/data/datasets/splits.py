@@ -117,7 +117,7 @@ def fit_val_test_split(items: Sequence[PanoramaRecord] | Sequence[str], *, test_
     references ``run_ppo.py`` would, and its best configuration carries over.
     """
     outer = split_by_reference(items, test_fraction=test_fraction, seed=seed)
-    fit, val = outer.train, ()
+    fit, val = outer.train, tuple[int, ...]()
     if val_fraction > 0:
         refs = _ref_ids(items)
         train_refs = [refs[i] for i in outer.train]
