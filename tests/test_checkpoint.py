@@ -17,25 +17,16 @@ from rl_scaniqa.agents.checkpoint import (
     restore_checkpoint,
 )
 from rl_scaniqa.agents.cotrain import cotrain, setup_cotraining
-from rl_scaniqa.agents.settings import CoTrainSettings
-from rl_scaniqa.envs.data.geometry import ViewportGrid
-from rl_scaniqa.envs.features.random_cache import random_feature_cache
-
-GRID = ViewportGrid(n_lon=4, n_lat=2, size=32)
+from training_fixtures import tiny_cache, tiny_settings
 
 
 @pytest.fixture(scope="module")
 def cache():
-    return random_feature_cache(12, grid=GRID, dim=6, seed=3)
+    return tiny_cache()
 
 
-def settings(total: int) -> CoTrainSettings:
-    return CoTrainSettings.from_dict({
-        "total_timesteps": total, "n_paths": 2, "path_length": 3,
-        "ppo": {"n_envs": 2, "n_steps": 12, "batch_size": 12, "n_epochs": 1,
-                "embed_dim": 8, "hidden_dim": 8, "attention_dim": 8},
-        "assessor": {"hidden_dim": 16, "attention_dim": 8, "batch_size": 8,
-                     "warmup_steps": 2, "steps_per_rollout": 2}})
+def settings(total: int):
+    return tiny_settings(total_timesteps=total)
 
 
 def parameters(run) -> dict[str, torch.Tensor]:

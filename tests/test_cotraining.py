@@ -22,27 +22,14 @@ from rl_scaniqa.agents.script_args import parse_script_args
 from rl_scaniqa.agents.settings import CoTrainSettings
 from rl_scaniqa.assessor.losses import ranking_reward
 from rl_scaniqa.assessor.model import AssessorConfig, QualityAssessor
-from rl_scaniqa.envs.data.geometry import ViewportGrid
 from rl_scaniqa.envs.features.cache import FeatureStats
 from rl_scaniqa.envs.features.random_cache import random_feature_cache
 from rl_scaniqa.envs.panorama_env import Panorama360Env
-
-GRID = ViewportGrid(n_lon=4, n_lat=2, size=32)
-
+from training_fixtures import GRID, tiny_cache, tiny_settings
 
 @pytest.fixture(scope="module")
 def cache():
-    return random_feature_cache(12, grid=GRID, dim=6, seed=3)
-
-
-def tiny_settings(**overrides) -> CoTrainSettings:
-    values = {"total_timesteps": 240, "n_paths": 2, "path_length": 3,
-              "ppo": {"n_envs": 2, "n_steps": 12, "batch_size": 12, "n_epochs": 1,
-                      "embed_dim": 8, "hidden_dim": 8, "attention_dim": 8},
-              "assessor": {"hidden_dim": 16, "attention_dim": 8, "batch_size": 8,
-                           "warmup_steps": 2, "steps_per_rollout": 2}}
-    values.update(overrides)
-    return CoTrainSettings.from_dict(values)
+    return tiny_cache()
 
 
 def make_assessor(dim: int) -> QualityAssessor:
