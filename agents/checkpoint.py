@@ -6,7 +6,8 @@ A checkpoint is a folder:
 - ``assessor.safetensors`` + ``assessor.json``: the assessor's weights and config;
 - ``assessor_optimizer.pt``: the assessor optimiser's state (tensors and ints only, read back
   with ``torch.load(weights_only=True)``);
-- ``progress.json``: the PPO timesteps and rollouts done and the reward schedule's clock.
+- ``progress.json``: the PPO timesteps and rollouts done, the reward schedule's clock and the
+  run's wall time so far.
 
 Every save builds a complete new folder beside the old one and then swaps it in; the checkpoint
 before it is kept as ``<folder>.previous``. A crash mid-save or a truncated file therefore never
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -72,7 +74,7 @@ def save_checkpoint(run: CoTrainRun, folder: str | Path) -> None:
     # progress.json last: its presence marks the folder complete.
     atomic_write_json(staging / PROGRESS_NAME, {
         "num_timesteps": int(run.ppo.num_timesteps), "rollouts": run.callback.rollouts,
-        "reward_env_timesteps": int(run.env.num_timesteps)})
+        "reward_env_timesteps": int(run.env.num_timesteps), "wall_seconds": run.wall_seconds})
     previous = previous_of(folder)
     if folder.exists():
         if previous.exists():
@@ -81,13 +83,14 @@ def save_checkpoint(run: CoTrainRun, folder: str | Path) -> None:
     staging.rename(folder)
 
 
-def read_progress(folder: Path) -> dict[str, int]:
+def read_progress(folder: Path) -> dict[str, Any]:
     """``progress.json`` of one checkpoint folder, checked."""
     path = folder / PROGRESS_NAME
     try:
         document: Any = json.loads(path.read_text())
-        progress = {key: int(document[key]) for key in PROGRESS_KEYS}
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        progress: dict[str, Any] = {key: int(document[key]) for key in PROGRESS_KEYS}
+        progress["wall_seconds"] = float(document.get("wall_seconds", 0.0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{path}: unreadable progress record ({error})") from error
     return progress
 
@@ -101,7 +104,9 @@ def _load(run: CoTrainRun, folder: Path) -> int:
     run.ppo.num_timesteps = progress["num_timesteps"]
     run.callback.log.rollouts = progress["rollouts"]
     run.env.num_timesteps = progress["reward_env_timesteps"]
-    return progress["num_timesteps"]
+    run.earlier_seconds = progress["wall_seconds"]
+    run.started = time.perf_counter()
+    return int(progress["num_timesteps"])
 
 
 def restore_checkpoint(run: CoTrainRun, folder: str | Path) -> int | None:

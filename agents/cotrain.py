@@ -22,6 +22,7 @@ artefact.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,14 @@ class CoTrainRun:
     env: AssessorRewardVecWrapper
     #: Timesteps already done when the run resumed from a checkpoint (``None``: fresh start).
     resumed_from: int | None = None
+    #: Wall time of the earlier processes of this run (restored from its checkpoint).
+    earlier_seconds: float = 0.0
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    @property
+    def wall_seconds(self) -> float:
+        """Wall time of the run over all its processes, up to now."""
+        return self.earlier_seconds + time.perf_counter() - self.started
 
     @property
     def policy(self) -> ScanpathPolicy:

@@ -86,6 +86,9 @@ class Args(DataArgs):
     """Output folder."""
     resume: str = ""
     """Continue the run in this folder from its last checkpoint."""
+    allow_changes: bool = False
+    """With --resume: let the options given replace the run's own (e.g. a larger
+    --settings.total-timesteps); without it, an option that differs from the run's is an error."""
     quick: bool = False
     """Smoke run: small data, few timesteps."""
     json: bool = False
@@ -264,15 +267,64 @@ def usage_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"settings": {"seed": 0}}`` → ``{"settings.seed": 0}``."""
+    items: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            items.update(flat(value, f"{prefix}{key}."))
+        else:
+            items[prefix + key] = value
+    return items
+
+
+def nested(items: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`flat`."""
+    values: dict[str, Any] = {}
+    for dotted, value in items.items():
+        *groups, name = dotted.split(".")
+        target = values
+        for group in groups:
+            target = target.setdefault(group, {})
+        target[name] = value
+    return values
+
+
+def resumed_args(args: Args, out: Path) -> Args:
+    """The run's own arguments, with the options given now where ``--allow-changes`` lets them.
+
+    Options that only change how the run reports (``--json``, ``--progress``, threads) may
+    always differ; any other option given with a value unlike the run's is an error without
+    ``--allow-changes``, so that what ``config.json`` and ``model.json`` record is what ran.
+    """
+    path = out / "config.json"
+    if not path.is_file():
+        usage_error(f"--resume {out}: no run_ppo.py run there (no config.json)")
+    try:
+        saved = flat(json.loads(path.read_text()))
+    except json.JSONDecodeError as error:
+        usage_error(f"--resume {out}: {path} is not valid JSON ({error})")
+    given, default = flat(json.loads(json.dumps(asdict(args)))), flat(asdict(Args()))
+    reporting = {"resume", "allow_changes", "json", "progress", "torch_threads"}
+    changed = {key: value for key, value in given.items()
+               if key not in reporting | {"out"} and value != default.get(key)
+               and value != saved.get(key)}
+    if changed and not args.allow_changes:
+        listed = ", ".join(f"--{key.replace('_', '-')} {value!r} (the run has "
+                           f"{saved.get(key)!r})" for key, value in changed.items())
+        usage_error(f"--resume {out}: {listed}; add --allow-changes to apply them")
+    merged = with_values(Args(), nested({**saved, **changed,
+                                         **{key: given[key] for key in reporting}}))
+    if changed:
+        atomic_write_json(path, asdict(merged))
+    return merged
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_script_args(Args, __doc__.splitlines()[0], argv, {"quick": QUICK_OVERRIDES})
     out = Path(args.resume or args.out)
     if args.resume:
-        if not (out / "config.json").is_file():
-            usage_error(f"--resume {out}: no run_ppo.py run there (no config.json)")
-        saved = json.loads((out / "config.json").read_text())
-        args = with_values(Args(), {**saved, "resume": args.resume, "json": args.json,
-                                      "progress": args.progress})
+        args = resumed_args(args, out)
     else:
         if has_checkpoint(out / CHECKPOINT_DIR):
             usage_error(f"--out {out} holds the checkpoint of an earlier run; continue it with "
@@ -318,7 +370,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model.save(out / "model")
     result = evaluate_on(run.policy, run.assessor, data.test, settings, data.stats,
                          n_paths=args.eval_paths, progress=args.progress)
-    document = write_outputs(out, args, data, result, time.perf_counter() - started)
+    # Earlier processes of a resumed run count too: the run's wall time, not this process's.
+    document = write_outputs(out, args, data, result,
+                             run.earlier_seconds + time.perf_counter() - started)
     summary = {key: document[key] for key in ("srcc", "plcc", "krcc", "rmse", "n_test_images",
                                               "ms_per_image", "wall_seconds")}
     summary["out"] = str(out)

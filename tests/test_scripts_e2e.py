@@ -104,15 +104,25 @@ def test_run_ppo_resumes_a_killed_run(tiny_synth, tmp_path):
     # A kill in the middle of a save leaves the checkpoint before it in checkpoint.previous.
     saved = progress_file if progress_file.is_file() else \
         out / "checkpoint.previous" / "progress.json"
-    killed_at = json.loads(saved.read_text())["num_timesteps"]
-    assert 0 < killed_at < 4800
+    checkpoint = json.loads(saved.read_text())
+    killed_at = checkpoint["num_timesteps"]
+    assert 0 < killed_at < 4800 and checkpoint["wall_seconds"] > 0
 
-    resumed = subprocess.run([sys.executable, str(REPO / "experiments" / "run_ppo.py"),
-                              "--resume", str(out), "--json", "--no-progress"],
-                             env=child_env(tmp_path), capture_output=True, text=True, timeout=600)
+    resume = [sys.executable, str(REPO / "experiments" / "run_ppo.py"), "--resume", str(out),
+              "--json", "--no-progress"]
+    # An option unlike the run's own is refused, not silently ignored.
+    differing = subprocess.run([*resume, "--eval-paths", "3"], env=child_env(tmp_path),
+                               capture_output=True, text=True, timeout=120)
+    assert differing.returncode == 2 and "--allow-changes" in differing.stderr
+    assert "--eval-paths 3 (the run has 2)" in differing.stderr
+
+    resumed = subprocess.run(resume, env=child_env(tmp_path), capture_output=True, text=True,
+                             timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert summary["n_test_images"] > 0
+    # The killed process's time counts in the run's wall time.
+    assert summary["wall_seconds"] > checkpoint["wall_seconds"]
     assert json.loads(progress_file.read_text())["num_timesteps"] == 4800
     results = json.loads((out / "results.json").read_text())
     per_image = results["per_image"]
@@ -128,6 +138,14 @@ def test_run_ppo_resumes_a_killed_run(tiny_synth, tmp_path):
     again = subprocess.run(command, env=child_env(tmp_path), capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 2 and "--resume" in again.stderr
+
+    # --allow-changes extends the finished run, and its config records what ran.
+    extended = subprocess.run([*resume, "--settings.total-timesteps", "4824", "--allow-changes"],
+                              env=child_env(tmp_path), capture_output=True, text=True,
+                              timeout=600)
+    assert extended.returncode == 0, extended.stderr[-2000:]
+    assert json.loads(progress_file.read_text())["num_timesteps"] == 4824
+    assert json.loads((out / "config.json").read_text())["settings"]["total_timesteps"] == 4824
     missing = subprocess.run([sys.executable, str(REPO / "experiments" / "run_ppo.py"),
                               "--resume", str(tmp_path / "no-run")], env=child_env(tmp_path),
                              capture_output=True, text=True, timeout=120)
