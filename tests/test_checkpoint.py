@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rl_scaniqa.agents.checkpoint import (
+    ASSESSOR_OPTIMIZER_NAME,
     PPO_NAME,
     PROGRESS_NAME,
     CheckpointError,
@@ -62,15 +63,17 @@ def test_restore_loads_the_saved_weights_exactly(cache, tmp_path):
         np.testing.assert_array_equal(after[name].numpy(), tensor.numpy(), err_msg=name)
 
 
-def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(cache, tmp_path):
+@pytest.mark.parametrize("damaged", [PPO_NAME, "assessor.safetensors", "assessor.json",
+                                     ASSESSOR_OPTIMIZER_NAME, PROGRESS_NAME])
+def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(cache, tmp_path, damaged):
     folder = tmp_path / "checkpoint"
     cotrain(settings(48), cache, checkpoint_dir=folder, checkpoint_every=1)
     # Make the previous checkpoint an earlier one, then damage the latest.
     progress = json.loads((previous_of(folder) / PROGRESS_NAME).read_text())
     progress["num_timesteps"] = 24
     (previous_of(folder) / PROGRESS_NAME).write_text(json.dumps(progress))
-    data = (folder / PPO_NAME).read_bytes()
-    (folder / PPO_NAME).write_bytes(data[: len(data) // 2])
+    data = (folder / damaged).read_bytes()
+    (folder / damaged).write_bytes(data[: len(data) // 2])
 
     run = setup_cotraining(settings(48), cache)
     with pytest.warns(UserWarning, match="previous checkpoint"):
