@@ -9,9 +9,11 @@ policy is rebuilt from the saved settings and only its tensors are read from the
 from __future__ import annotations
 
 import json
+import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from gymnasium import spaces
 
@@ -20,9 +22,17 @@ from rl_scaniqa.agents.settings import CoTrainSettings
 from rl_scaniqa.assessor.model import QualityAssessor
 from rl_scaniqa.envs.data.datasets.records import MosScale
 from rl_scaniqa.envs.data.geometry import ViewportGrid
+from rl_scaniqa.envs.errors import RLScanIQAError
 from rl_scaniqa.envs.features.cache import FeatureStats
 from rl_scaniqa.envs.panorama_env import observation_space_for
 from rl_scaniqa.envs.storage import atomic_path, atomic_write_json
+
+T = TypeVar("T")
+
+
+class ModelLoadError(RLScanIQAError, ValueError):
+    """A model folder whose files disagree with each other or with ``model.json``."""
+
 
 MODEL_FORMAT = "rl_scaniqa.model"
 MODEL_VERSION = 1
@@ -51,7 +61,8 @@ class ScanIQAModel:
         """Write the model into ``directory`` (each file atomically) and return it."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_policy(self.policy, directory / POLICY_NAME)
+        save_policy(self.policy, directory / POLICY_NAME,
+                    architecture(self.settings, self.grid, self.assessor.config.feature_dim))
         self.assessor.save(directory)
         atomic_write_json(directory / MODEL_CONFIG_NAME, {
             "format": MODEL_FORMAT, "version": MODEL_VERSION,
@@ -77,18 +88,38 @@ class ScanIQAModel:
         if document.get("format") != MODEL_FORMAT or document.get("version") != MODEL_VERSION:
             raise ValueError(f"{config_path}: not an RL-ScanIQA model of version {MODEL_VERSION} "
                              f"(format {document.get('format')!r}, version {document.get('version')!r})")
-        settings = CoTrainSettings.from_dict(document["settings"])
-        grid = ViewportGrid(**document["grid"])
-        dim = int(document["feature_dim"])
+        def read_field(name: str, parse: Callable[[Any], T]) -> T:
+            try:
+                return parse(document[name])
+            except (KeyError, TypeError, ValueError) as error:
+                raise ModelLoadError(f"{config_path}: field {name!r} is missing or malformed "
+                                     f"({error})") from None
+
+        settings = read_field("settings", CoTrainSettings.from_dict)
+        grid = read_field("grid", lambda values: ViewportGrid(**values))
+        dim = read_field("feature_dim", int)
+        stats = read_field("feature_stats", FeatureStats.from_dict)
+        scale = read_field("mos_scale", lambda values: MosScale(float(values["low"]),
+                                                           float(values["high"])))
+        backbone = read_field("backbone", str)
+        expected = architecture(settings, grid, dim)
+        policy_path = directory / POLICY_NAME
+        _check_architecture(policy_path, config_path, expected)
         policy = build_policy(settings, grid, dim, device)
-        load_policy_weights(policy, directory / POLICY_NAME, device)
+        try:
+            load_policy_weights(policy, policy_path, device)
+        except RuntimeError as error:  # torch: tensors of other shapes than model.json implies
+            raise ModelLoadError(
+                f"{policy_path}: its tensors do not fit the architecture {config_path} describes "
+                f"(feature_dim, settings.ppo.embed_dim / hidden_dim / attention_dim): "
+                f"{str(error).splitlines()[0]}") from None
         assessor = QualityAssessor.load(directory).to(device)
+        if assessor.config.feature_dim != dim:
+            raise ModelLoadError(f"{config_path}: field 'feature_dim' is {dim}, but the assessor "
+                                 f"in {directory} takes {assessor.config.feature_dim} features")
         assessor.eval()
-        scale = document["mos_scale"]
-        return cls(policy=policy, assessor=assessor,
-                   feature_stats=FeatureStats.from_dict(document["feature_stats"]),
-                   settings=settings, grid=grid, backbone=document["backbone"],
-                   mos_scale=MosScale(float(scale["low"]), float(scale["high"])),
+        return cls(policy=policy, assessor=assessor, feature_stats=stats, settings=settings,
+                   grid=grid, backbone=backbone, mos_scale=scale,
                    metadata=dict(document.get("metadata", {})))
 
 
@@ -109,12 +140,51 @@ def build_policy(settings: CoTrainSettings, grid: ViewportGrid, dim: int,
     return policy.to(device)
 
 
-def save_policy(policy: ScanpathPolicy, path: Path) -> None:
-    """Write the policy's tensors in SB3's zip layout (``policy.pth`` inside), atomically."""
+def architecture(settings: CoTrainSettings, grid: ViewportGrid, dim: int) -> dict[str, Any]:
+    """What a policy's weights were trained for, as ``model.json`` field names and values.
+
+    The policy's tensors do not depend on the grid or the path shape, so only this record, kept
+    in the policy's zip, tells a model folder whose ``model.json`` was edited afterwards.
+    """
+    values: dict[str, Any] = {f"grid.{name}": value for name, value in asdict(grid).items()}
+    values.update({"feature_dim": dim, "settings.path_length": settings.path_length,
+                   "settings.n_paths": settings.n_paths,
+                   "settings.ppo.embed_dim": settings.ppo.embed_dim,
+                   "settings.ppo.hidden_dim": settings.ppo.hidden_dim,
+                   "settings.ppo.attention_dim": settings.ppo.attention_dim})
+    return values
+
+
+def _check_architecture(policy_path: Path, config_path: Path, expected: dict[str, Any]) -> None:
+    """Raise :class:`ModelLoadError` naming each field where the two files disagree."""
+    try:
+        with zipfile.ZipFile(policy_path) as archive:
+            # SB3's "data" entry is JSON; read it as such, never through SB3's unpickling path.
+            data = json.loads(archive.read("data"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{policy_path}: policy weights are missing") from None
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"{policy_path}: not a readable policy archive ({error})") from None
+    trained = data.get("architecture")
+    if trained is None:
+        return  # written before the record existed: the tensor shapes are the only check
+    differing = [f"{name} is {expected.get(name)!r} but the policy was trained with {value!r}"
+                 for name, value in trained.items() if expected.get(name) != value]
+    if differing:
+        raise ModelLoadError(f"{config_path} does not match {policy_path.name}: "
+                             + "; ".join(differing))
+
+
+def save_policy(policy: ScanpathPolicy, path: Path, trained_for: dict[str, Any]) -> None:
+    """Write the policy's tensors in SB3's zip layout (``policy.pth`` inside), atomically.
+
+    ``trained_for`` is the :func:`architecture` record stored beside them.
+    """
     from stable_baselines3.common.save_util import save_to_zip_file
 
     with atomic_path(path) as tmp:
-        save_to_zip_file(tmp, data={"policy_class": type(policy).__name__},
+        save_to_zip_file(tmp, data={"policy_class": type(policy).__name__,
+                                    "architecture": trained_for},
                          params={"policy": policy.state_dict()})
 
 

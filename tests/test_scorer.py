@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
 import threading
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -249,3 +252,44 @@ def test_cli_table_and_exit_codes(model_dir: Path, tmp_path: Path,
     assert "between 1 and 31" in capsys.readouterr().err
     assert main(["score", str(path), "--model", str(model_dir), "--batch-size", "0"]) == 2
     assert "must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (lambda doc: doc.update(feature_dim=doc["feature_dim"] + 1), "feature_dim"),
+    (lambda doc: doc["settings"]["ppo"].update(embed_dim=8), "settings.ppo.embed_dim"),
+    (lambda doc: doc["grid"].update(n_lon=doc["grid"]["n_lon"] - 2), "grid.n_lon"),
+    (lambda doc: doc.pop("feature_stats"), "'feature_stats'"),
+])
+def test_an_edited_model_json_is_a_load_error_naming_the_field(
+        model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, edit, named) -> None:
+    edited = tmp_path / "edited"
+    shutil.copytree(model_dir, edited)
+    document = json.loads((edited / "model.json").read_text())
+    edit(document)
+    (edited / "model.json").write_text(json.dumps(document))
+    with pytest.raises(ScorerError, match=re.escape(named)):
+        Scorer.from_pretrained(edited, device="cpu")
+    path = tmp_path / "one.png"
+    write_image(path, panorama(9))
+    assert main(["score", str(path), "--model", str(edited), "--device", "cpu"]) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_a_model_without_the_architecture_record_is_still_checked_by_tensor_shapes(
+        model_dir: Path, tmp_path: Path) -> None:
+    edited = tmp_path / "legacy"
+    shutil.copytree(model_dir, edited)
+    # Rewrite policy.zip as older versions wrote it: no architecture record in its data entry.
+    with zipfile.ZipFile(model_dir / "policy.zip") as source, \
+            zipfile.ZipFile(edited / "policy.zip", "w") as target:
+        for name in source.namelist():
+            data = source.read(name)
+            if name == "data":
+                data = json.dumps({"policy_class": "ScanpathPolicy"}).encode()
+            target.writestr(name, data)
+    assert Scorer.from_pretrained(edited, device="cpu").model.grid == GRID
+    document = json.loads((edited / "model.json").read_text())
+    document["settings"]["ppo"]["hidden_dim"] = 8
+    (edited / "model.json").write_text(json.dumps(document))
+    with pytest.raises(ScorerError, match="tensors do not fit"):
+        Scorer.from_pretrained(edited, device="cpu")
