@@ -731,6 +731,13 @@ CSV_ROWS = [
 
 def test_csv_folder_and_synth360(tmp_path: Path) -> None:
     root = make_csv_folder(tmp_path, CSV_ROWS)
+    # Without the generator's manifest the folder is not Synth360, whatever its labels say.
+    with pytest.raises(DatasetError, match="not a Synth360 dataset"):
+        load_dataset("synth360", root)
+    (root / "synth360.json").write_text('{"dataset": "other"}')
+    with pytest.raises(DatasetError, match="not a Synth360 manifest"):
+        load_dataset("synth360", root)
+    (root / "synth360.json").write_text('{"dataset": "synth360"}')
     for name in ("csv", "synth360"):
         records = load_dataset(name, root)
         assert [r.image_id for r in records] == [row[0] for row in CSV_ROWS]
@@ -766,7 +773,11 @@ def test_csv_minimal_columns_defaults_and_extra(tmp_path: Path) -> None:
     absolute = make_csv_folder(
         tmp_path / "abs", [[str(root / "two.png"), 3.0]], header=["path", "mos"]
     )
-    assert load_dataset("csv", absolute)[0].path == root / "two.png"
+    # An absolute path elsewhere needs the opt-in; one inside the root does not.
+    assert load_dataset("csv", absolute, allow_outside_root=True)[0].path == root / "two.png"
+    inside = make_csv_folder(tmp_path / "in", [[str(tmp_path / "in" / "a.png"), 3.0]],
+                             header=["path", "mos"])
+    assert load_dataset("csv", inside)[0].path == tmp_path / "in" / "a.png"
 
 
 @pytest.mark.parametrize(
@@ -867,3 +878,24 @@ def test_fit_val_test_split_is_the_two_step_split_by_reference() -> None:
     sides = [{refs[i] for i in part} for part in (split.fit, split.val, split.test)]
     assert all(a.isdisjoint(b) for a, b in [(sides[0], sides[1]), (sides[0], sides[2]), (sides[1], sides[2])])
     assert fit_val_test_split(refs, val_fraction=0.0, seed=3).val == ()
+
+
+@pytest.mark.parametrize("escape", ["../outside.png", "ABSOLUTE", "link/inside.png"])
+def test_csv_paths_outside_the_root_are_refused_unless_allowed(tmp_path: Path, escape) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"x")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "inside.png").write_bytes(b"x")
+    (root / "link").symlink_to(tmp_path / "elsewhere")
+    (root / "ok.png").write_bytes(b"x")
+    written = str(outside) if escape == "ABSOLUTE" else escape
+    (root / "labels.csv").write_text(f"path,mos\nok.png,1\n{written},2\n")
+    with pytest.raises(LabelError, match=r"labels.csv, line 3: image .* lies outside the dataset"):
+        load_dataset("csv", root)
+    with pytest.raises(DatasetError, match="expected true or false"):
+        load_dataset("csv", root, allow_outside_root="maybe")
+    records = load_dataset("csv", root, allow_outside_root="true")
+    assert [r.mos for r in records] == [1.0, 2.0]
+

@@ -10,8 +10,9 @@ cviqd    :func:`load_cviqd`        ``labels``
 oiqa     :func:`load_oiqa`         ``labels``, ``group_layout``
 jufe     :func:`load_jufe`         ``labels``, ``condition``, ``hm_root``, ``grid``,
                                    ``hm_lon_convention``
-csv      :func:`load_csv_folder`   ``labels``
-synth360 :func:`load_csv_folder`   ``labels`` (a folder written by the Synth360 generator)
+csv      :func:`load_csv_folder`   ``labels``, ``allow_outside_root``
+synth360 :func:`load_synth360`     ``labels``, ``allow_outside_root`` (a folder the Synth360
+                                   generator wrote: its manifest is checked)
 ======== ========================= ==================================================
 
 Loaders never decode images, they only check that the files exist. Bad input raises:
@@ -53,6 +54,7 @@ from rl_scaniqa.envs.data.datasets.splits import (
     repeated_splits,
     split_by_reference,
 )
+from rl_scaniqa.envs.data.datasets.synth360 import load_synth360
 from rl_scaniqa.envs.errors import DatasetError
 
 LOADERS: dict[str, Callable[..., list[PanoramaRecord]]] = {
@@ -60,7 +62,7 @@ LOADERS: dict[str, Callable[..., list[PanoramaRecord]]] = {
     "oiqa": load_oiqa,
     "jufe": load_jufe,
     "csv": load_csv_folder,
-    "synth360": load_csv_folder,
+    "synth360": load_synth360,
 }
 DATASET_NAMES: tuple[str, ...] = tuple(LOADERS)
 
@@ -107,6 +109,7 @@ __all__ = [
     "load_dataset",
     "load_jufe",
     "load_oiqa",
+    "load_synth360",
     "mos_scale_for",
     "oiqa_group_layout",
     "repeated_splits",

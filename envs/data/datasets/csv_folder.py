@@ -3,7 +3,8 @@
 Layout expected in ``root``::
 
     labels.csv           header row, then one row per image
-    <images anywhere>    paths in labels.csv are relative to root (absolute paths also work)
+    <images>             paths in labels.csv are relative to root; absolute ones are taken as
+                         they are. Either must lie inside root unless ``allow_outside_root``.
 
 Columns (names matched ignoring case and surrounding spaces, any order):
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from rl_scaniqa.envs.data.datasets.records import (
     PanoramaRecord,
     PathLike,
+    parse_flag,
     parse_score,
     read_csv_table,
     require_directory,
@@ -38,12 +40,16 @@ CSV_REQUIRED_COLUMNS = ("path", "mos")
 CSV_KNOWN_COLUMNS = ("path", "mos", "ref", "distortion", "level")
 
 
-def load_csv_folder(root: PathLike, *, labels: PathLike = CSV_LABELS_NAME) -> list[PanoramaRecord]:
+def load_csv_folder(root: PathLike, *, labels: PathLike = CSV_LABELS_NAME,
+                    allow_outside_root: bool | str = False) -> list[PanoramaRecord]:
     """Load a folder in the csv layout (see the module docstring).
 
     Args:
         root: the dataset folder.
         labels: label file; a relative path is taken relative to ``root``.
+        allow_outside_root: accept image paths (``../``, absolute, or through a symlink) that
+            lead outside ``root``. Off by default: a label file from elsewhere must not make
+            the loader read arbitrary files. ``"true"``/``"false"`` as given on a command line.
 
     Records come in row order. ``image_id`` is the ``path`` cell as written (POSIX separators),
     unique because a path may appear once only.
@@ -54,6 +60,8 @@ def load_csv_folder(root: PathLike, *, labels: PathLike = CSV_LABELS_NAME) -> li
         DatasetError: missing root, or a listed image that does not exist.
     """
     folder = require_directory(root, "csv dataset")
+    outside_allowed = parse_flag(allow_outside_root, "allow_outside_root")
+    inside = folder.resolve()
     label_path = Path(labels).expanduser()
     if not label_path.is_absolute():
         label_path = folder / label_path
@@ -78,6 +86,10 @@ def load_csv_folder(root: PathLike, *, labels: PathLike = CSV_LABELS_NAME) -> li
         if not image_path.is_absolute():
             image_path = folder / image_path
         key = image_path.resolve()
+        if not outside_allowed and not key.is_relative_to(inside):
+            raise LabelError(f"{where}: image {written!r} lies outside the dataset folder "
+                             f"{folder}; pass allow_outside_root=True (dataset option "
+                             "allow_outside_root=true) if that is intended")
         if key in first_seen:
             raise LabelError(
                 f"{where}: image {written!r} is listed twice (first at {first_seen[key]})"

@@ -256,6 +256,18 @@ def parse_score(value: object, where: str, what: str = "score") -> float:
     return score
 
 
+def parse_flag(value: bool | str, name: str) -> bool:
+    """A boolean loader option, given as a bool or as command-line text (true/false, 1/0, yes/no)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise DatasetError(f"option {name}={value!r}: expected true or false")
+
+
 def read_text_lines(path: Path) -> list[str]:
     """A label file's lines (UTF-8, BOM tolerated), or LabelError if unreadable or empty."""
     try:

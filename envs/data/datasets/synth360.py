@@ -108,6 +108,8 @@ import numpy as np
 from rl_scaniqa.envs.data import distortions as dist
 from rl_scaniqa.envs.data.geometry import ViewportGrid, extract_viewports
 from rl_scaniqa.envs.data.imageio import write_image
+from rl_scaniqa.envs.data.datasets.csv_folder import load_csv_folder
+from rl_scaniqa.envs.data.datasets.records import PanoramaRecord, PathLike, require_directory
 from rl_scaniqa.envs.errors import DatasetError
 from rl_scaniqa.envs.progress import progress_bar
 from rl_scaniqa.envs.storage import atomic_write_json, atomic_write_text
@@ -776,6 +778,29 @@ def _manifest(*, seed: int, n_refs: int, width: int, quick: bool, levels: Sequen
             "cap_feather_deg": _CAP_FEATHER,
         },
     }
+
+
+def load_synth360(root: PathLike, *, labels: PathLike = LABELS_NAME,
+                  allow_outside_root: bool | str = False) -> list[PanoramaRecord]:
+    """Load a Synth360 folder: the csv layout, checked to be one this generator wrote.
+
+    Raises:
+        DatasetError: ``root`` has no readable Synth360 manifest (``synth360.json``), i.e. it is
+            not a Synth360 folder; plus whatever :func:`load_csv_folder` raises.
+    """
+    folder = require_directory(root, "Synth360 dataset")
+    manifest_path = folder / MANIFEST_NAME
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{folder}: not a Synth360 dataset (no {MANIFEST_NAME}); generate one "
+                           "with rl-scaniqa synth, or load your own labelled folder as "
+                           "--dataset csv") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DatasetError(f"{manifest_path}: unreadable Synth360 manifest ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("dataset") != "synth360":
+        raise DatasetError(f"{manifest_path}: not a Synth360 manifest")
+    return load_csv_folder(folder, labels=labels, allow_outside_root=allow_outside_root)
 
 
 def _is_complete(root: Path, n_images: int) -> bool:
