@@ -52,6 +52,16 @@ def _grid_from_args(args: argparse.Namespace) -> ViewportGrid:
     return ViewportGrid(n_lon=args.n_lon, n_lat=args.n_lat, fov_deg=args.fov, size=args.size)
 
 
+def synth_default_out(seed: int, quick: bool) -> Path:
+    """Where ``rl-scaniqa synth`` writes without ``--out``: a folder per seed under the data home.
+
+    Apart from the default data the env provisions, which is only ever created complete.
+    """
+    from rl_scaniqa.envs.storage import default_home
+
+    return default_home() / "synth360" / f"seed{seed}{'-quick' if quick else ''}"
+
+
 def run_synth(args: argparse.Namespace) -> int:
     from rl_scaniqa.envs.data.datasets.synth360 import generate_synth360
 
@@ -61,7 +71,8 @@ def run_synth(args: argparse.Namespace) -> int:
         options["n_refs"] = args.refs
     if args.width is not None:
         options["width"] = args.width
-    root = generate_synth360(Path(args.out), **options)
+    out = Path(args.out) if args.out else synth_default_out(args.seed, args.quick)
+    root = generate_synth360(out, **options)
     print(f"Synth360 written: {root}")
     return 0
 
@@ -118,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth = sub.add_parser("synth", help="generate the Synth360 dataset",
                            description="Generate Synth360: references composed on the sphere, "
                                        "global and local distortions, pseudo-MOS labels.")
-    synth.add_argument("--out", required=True, help="output folder (images/ and labels.csv)")
+    synth.add_argument("--out", default=None,
+                       help="output folder (images/ and labels.csv); default: "
+                            "$RL_SCANIQA_HOME/synth360/seed<SEED>[-quick]")
     synth.add_argument("--quick", action="store_true", help="a handful of contents, for smoke runs")
     synth.add_argument("--refs", type=int, default=None, help="number of reference contents")
     synth.add_argument("--width", type=int, default=None, help="ERP width in pixels (height = width/2)")

@@ -144,7 +144,7 @@ class Panorama360Env(gym.Env[Observation, int]):
     - ``feature_cache``: a ready :class:`FeatureCache`, used as is (then ``root``,
       ``dataset_options`` and ``cache_dir`` must be left unset, and ``grid``, if given, must
       equal the cache's).
-    - ``n_paths`` (K, default 15), ``path_length`` (T, default 7).
+    - ``n_paths`` (K, default 15), ``path_length`` (T, default 7, at most V - 1).
     - ``split`` (``"train"``, ``"test"`` or ``"all"``), ``split_seed``, ``test_fraction``: the
       split by reference content (:func:`~rl_scaniqa.envs.data.datasets.split_by_reference` on the
       cache's ``ref_ids``) whose images the env shows.
@@ -243,6 +243,10 @@ class Panorama360Env(gym.Env[Observation, int]):
         self.feature_cache = feature_cache
         self.grid: ViewportGrid = feature_cache.grid
         n_viewports, dim = self.grid.n_viewports, feature_cache.dim
+        if self.path_length > n_viewports - 1:
+            # The same bound as the scorer's: the T + 1 viewports of a path stay distinct.
+            raise ValueError(f"path_length must be at most {n_viewports - 1} (V - 1) on the "
+                             f"{self.grid.key()} grid, got {self.path_length}")
 
         if split == "all":
             # No split needed (a dataset with a single reference content works too).
@@ -494,7 +498,8 @@ def allowed_viewports(visited: ArrayT) -> ArrayT:
 
     The one definition of the rule, shared by the env, the baseline agents and the policy's
     attention (which applies it to torch tensors): the viewports not yet visited in the current
-    path, or all of them once every one is visited (paths longer than the grid). ``visited`` is
+    path, or all of them once every one is visited (never so in the env, whose paths have at most
+    V - 1 steps; the guard keeps the policy's softmax defined on any input). ``visited`` is
     the observation's 0/1 array, NumPy ``(..., V)`` or a torch tensor of that shape.
     """
     allowed: Any = visited < 0.5  # NumPy types the comparison "bool or array"; here an array

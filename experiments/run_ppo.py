@@ -249,9 +249,11 @@ def write_outputs(out: Path, args: Args, data: Data, result: AgentEvaluation,
             f"{args.settings.path_length} steps, {args.settings.total_timesteps} PPO steps, "
             f"wall time {wall_seconds / 60:.1f} min.\n\n"
             + markdown_table([row], ["method", "srcc", "plcc", "krcc", "rmse", "n", "ms"],
-                             ["Method", "SRCC", "PLCC", "KRCC", "RMSE", "Images",
+                             ["Method", "SRCC", "PLCC", "KRCC", "RMSE (after logistic)", "Images",
                               "ms/image (policy+assessor)"])
-            + f"\nMean absolute error {errors.mean():.3f} on the MOS scale "
+            + "\nPLCC and RMSE are taken after the 4-parameter logistic fit of the predictions "
+              "to the MOS (the usual IQA protocol); the mean absolute error of the raw "
+              f"predictions is {errors.mean():.3f} on the MOS scale "
               f"({test.mos_scale.low:g}–{test.mos_scale.high:g}).\n\n"
             "![predicted vs MOS](scatter.png)\n\n![scanpaths](scanpaths.png)\n")
     atomic_write_text(out / "results.md", text)
@@ -376,7 +378,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = {key: document[key] for key in ("srcc", "plcc", "krcc", "rmse", "n_test_images",
                                               "ms_per_image", "wall_seconds")}
     summary["out"] = str(out)
-    console.print((out / "results.md").read_text())
+    # Plain text: as markup, rich would take the Markdown image links' [labels] for style tags.
+    console.print((out / "results.md").read_text(), markup=False, highlight=False)
     print(json_line(summary) if args.json else f"results: {out / 'results.json'}")
     return summary
 

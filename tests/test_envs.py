@@ -16,6 +16,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.env_util import make_vec_env
@@ -29,7 +30,12 @@ from rl_scaniqa.envs.errors import DatasetError
 from rl_scaniqa.envs.features.cache import FeatureStats
 from rl_scaniqa.envs.features.provision import ensure_default_data
 from rl_scaniqa.envs.features.random_cache import random_feature_cache
-from rl_scaniqa.envs.panorama_env import Panorama360Env, make_env, observation_space_for
+from rl_scaniqa.envs.panorama_env import (
+    Panorama360Env,
+    allowed_viewports,
+    make_env,
+    observation_space_for,
+)
 from rl_scaniqa.envs.storage import exclusive_lock
 
 GRID = ViewportGrid(n_lon=4, n_lat=3, fov_deg=90.0, size=32)
@@ -287,16 +293,12 @@ def test_reject_masked_actions(cache):
         env.step(2)
 
 
-def test_all_actions_allowed_once_every_viewport_is_visited():
-    two = ViewportGrid(n_lon=2, n_lat=1, fov_deg=90.0, size=16)
-    env = gym.make(ENV_ID, feature_cache=random_feature_cache(2, grid=two, dim=4), split="all",
-                   n_paths=1, path_length=3, reject_masked_actions=True)
-    env.reset(seed=0)
-    assert env.unwrapped.action_masks().tolist() == [False, True]
-    _, _, _, _, info = env.step(1)
-    assert info["action_mask"].tolist() == [True, True]
-    env.step(0)
-    assert env.step(1)[2] is True
+def test_mask_rule_allows_every_viewport_once_all_are_visited():
+    # The env never gets there (T <= V - 1); the rule still keeps a softmax over it defined.
+    visited = np.array([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]], dtype=np.float32)
+    expected = [[False, True, False], [True, True, True]]
+    assert allowed_viewports(visited).tolist() == expected
+    assert allowed_viewports(torch.from_numpy(visited)).tolist() == expected
 
 
 # ---------------------------------------------------------------- images, splits, starts
@@ -531,3 +533,10 @@ def test_incomplete_default_folder_is_reported_not_deleted(tmp_path):
     with pytest.raises(DatasetError, match="no labels.csv"):
         ensure_default_data(home=tmp_path, progress=False)
     assert stray.read_text() == "mine"
+
+
+def test_path_length_is_bounded_like_the_scorer(cache):
+    V = cache.grid.n_viewports
+    small_env(cache, n_paths=1, path_length=V - 1).reset(seed=0)
+    with pytest.raises(ValueError, match=rf"path_length must be at most {V - 1} \(V - 1\)"):
+        small_env(cache, n_paths=1, path_length=V)

@@ -215,3 +215,12 @@ def test_foreign_or_broken_folders_are_refused(tmp_path: Path) -> None:
 def test_bad_arguments_are_rejected(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ValueError):
         generate_synth360(tmp_path / "x", **{**TINY, **kwargs})
+
+
+def test_cli_synth_writes_under_the_data_home_without_out(tmp_path, monkeypatch, capsys):
+    from rl_scaniqa.agents.cli import main
+
+    monkeypatch.setenv("RL_SCANIQA_HOME", str(tmp_path / "home"))
+    assert main(["synth", "--refs", "1", "--width", "256", "--seed", "3", "--no-progress"]) == 0
+    root = tmp_path / "home" / "synth360" / "seed3"
+    assert (root / "labels.csv").is_file() and str(root) in capsys.readouterr().out
