@@ -17,10 +17,13 @@ CubeFaceAgent           the six cube faces (front, right, back, left, up, down),
                         every path is the same
 AllViewportsAgent       every viewport of the grid in one path: the information ceiling
 HumanScanpathAgent      the recorded head-movement scanpath of one subject per path (JUFE)
+DamageOracleAgent       reference row, not a method: the viewports that see most of the
+                        labelled damaged cap (``least=True``: the anti-oracle, those that see
+                        least of it); random paths on images without a cap
 ======================  =====================================================================
 
 All of them respect the env's action mask (no revisits within a path while unvisited viewports
-remain). Agents that need to know *which image* a row of the batch shows (entropy, human paths)
+remain). Agents that need to know *which image* a row of the batch shows (entropy, human paths, oracle)
 implement the optional ``begin_episodes(image_indices, feature_cache)`` hook that ``run_agent``
 calls before each batch of episodes (see :class:`~rl_scaniqa.agents.evaluation.EpisodeAwareAgent`).
 
@@ -39,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from rl_scaniqa.agents.damage import cap_distances, cap_overlap, has_cap
 from rl_scaniqa.envs.data.geometry import ViewportGrid, lonlat_to_xyz
 from rl_scaniqa.envs.features.cache import FeatureCache
 from rl_scaniqa.envs.panorama_env import allowed_viewports
@@ -397,6 +401,68 @@ class HumanScanpathAgent(_ImageAware):
             else:
                 closeness = np.where(allowed[row], self._closeness[current[row]], -np.inf)
                 actions[row] = int(closeness.argmax())
+        return (actions[0] if single else actions), state
+
+
+class DamageOracleAgent(_ImageAware):
+    """Reference agent that knows where the damage is: the oracle, or with ``least`` the anti-oracle.
+
+    On an image whose cache row has a damaged cap (:func:`rl_scaniqa.agents.damage.has_cap`),
+    the viewports are ranked by :func:`~rl_scaniqa.agents.damage.cap_overlap` (the fraction of
+    the cap's sphere samples each one sees), most first, ties broken by the viewport centre's
+    distance to the cap centre, nearest first; ``least=True`` reverses both (least overlap first,
+    then farthest), so it looks away from the damage. Each action is the best-ranked viewport
+    the env's revisit mask allows, so every path of an image is the same ranking prefix after
+    its start. It bounds what *where a path looks* can give: these are reference rows beside
+    the methods, not methods (they read the labels).
+
+    Images without a cap (global distortions, references, datasets without cap labels) have
+    no damage to aim at: there both variants fall back to :class:`RandomPathAgent` with the same
+    ``seed``, i.e. exactly the random-paths baseline's paths for that seed. Its generators are
+    the agent's own (seeded by ``(seed, image index)``), so adding this agent shifts no other
+    agent's random stream.
+    """
+
+    def __init__(self, grid: ViewportGrid, *, least: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        self.grid = grid
+        self.least = bool(least)
+        self._fallback = RandomPathAgent(seed=seed)
+        self._priorities = np.zeros((0, grid.n_viewports))
+        self._located = np.zeros(0, dtype=bool)
+
+    def begin_episodes(self, image_indices: np.ndarray, feature_cache: FeatureCache) -> None:
+        if feature_cache.grid != self.grid:
+            raise ValueError(f"DamageOracleAgent was built for grid {self.grid.key()}, the cache "
+                             f"uses {feature_cache.grid.key()}")
+        super().begin_episodes(image_indices, feature_cache)
+        self._fallback.begin_episodes(image_indices, feature_cache)
+        images = self._announced()[0]
+        self._located = has_cap(feature_cache, images)
+        n_viewports = self.grid.n_viewports
+        self._priorities = np.zeros((len(images), n_viewports))
+        caps = feature_cache.caps[images[self._located]]
+        if len(caps):
+            overlap, distance = cap_overlap(self.grid, caps), cap_distances(self.grid, caps)
+            sign = -1.0 if self.least else 1.0
+            for row, (seen, far) in zip(np.flatnonzero(self._located), zip(overlap, distance)):
+                # lexsort sorts by the last key first: overlap, then distance as the tie-break.
+                order = np.lexsort((sign * far, -sign * seen))
+                self._priorities[row, order] = np.arange(n_viewports, 0, -1)
+
+    def predict(self, observation: Mapping[str, np.ndarray], state: Any = None,
+                episode_start: np.ndarray | None = None,
+                deterministic: bool = False) -> tuple[np.ndarray, Any]:
+        """Actions (n,): the best-ranked allowed viewport, or a random one where there is no cap."""
+        batch, single = _as_batch(observation)
+        _check_grid(self.grid, batch, type(self).__name__)
+        allowed = _allowed(batch)
+        self._rows(len(allowed))
+        # The fallback draws for every row, so each image's random stream advances the same
+        # way whether or not other rows have caps.
+        actions, _ = self._fallback.predict(batch)
+        ranked = np.where(allowed, self._priorities, -1.0).argmax(axis=1)
+        actions = np.where(self._located, ranked, actions)
         return (actions[0] if single else actions), state
 
 

@@ -106,3 +106,24 @@ def plot_curve(x: Sequence[float], series: Mapping[str, tuple[Sequence[float], S
     axis.grid(alpha=0.3)
     axis.legend()
     return _save(figure, Path(path))
+
+
+def plot_distance_profiles(edges: np.ndarray, profiles: Mapping[str, np.ndarray],
+                           path: str | Path, *, title: str) -> Path:
+    """One line per agent: the fraction of its steps in each bin of distance from the damage.
+
+    ``edges`` are the bin edges in degrees (great-circle distance from the damaged cap's centre
+    to the visited viewport's centre), ``profiles`` map an agent to its fractions per bin.
+    """
+    edges = np.asarray(edges, dtype=np.float64)
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for label, fractions in profiles.items():
+        axis.plot(centres, np.asarray(fractions, dtype=np.float64), "o-", ms=3, label=label)
+    axis.set_xlabel("distance of the visited viewport from the damaged cap's centre (°)")
+    axis.set_ylabel("fraction of path steps")
+    axis.set_xlim(float(edges[0]), float(edges[-1]))
+    axis.set_title(title, fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    return _save(figure, Path(path))

@@ -94,6 +94,7 @@ from rl_scaniqa.envs.data.imageio import (
 from rl_scaniqa.envs.errors import RLScanIQAError
 from rl_scaniqa.envs.features.backbones import Backbone, make_backbone, resolve_device
 from rl_scaniqa.envs.features.cache import (
+    NO_CAP,
     FeatureCache,
     ProjectedImage,
     encode_projected,
@@ -534,6 +535,7 @@ class Scorer:
             image_ids=[str(i) for i in range(n)], paths=names, ref_ids=names,
             distortions=["unknown"] * n, levels=np.zeros(n, dtype=np.int64),
             mos=np.full(n, np.nan, dtype=np.float32),
+            caps=np.full((n, 3), NO_CAP, dtype=np.float32),
             **{name: np.stack([row[name] for row in rows]) for name in rows[0]},
             start_viewports=np.full(n, -1, dtype=np.int64), augmentations=(),
             **no_augmentations(n, grid.n_viewports, dim),

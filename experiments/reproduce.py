@@ -23,12 +23,22 @@ Every method is evaluated on the same train/test partitions ("tasks"):
 Outputs in ``--out``: ``results.json`` (config, every task's per-method metrics, the summary), a
 Markdown ``report.md`` laid out like the paper's tables (Table 1 in-dataset, Table 2 cross-dataset
 / cross-distortion, Table 3 ablations, with the published numbers where the dataset matches), and
-the figures ``srcc_vs_k.png`` (and ``srcc_vs_t.png`` for the ablation) and ``scanpaths.png``
-(scanpaths of the highest- and lowest-MOS test images of the first task). ``results.json`` is
+the figures ``srcc_vs_k.png`` (and ``srcc_vs_t.png`` for the ablation), ``scanpaths.png``
+(scanpaths of the highest- and lowest-MOS test images of the first task) and, where the labels
+locate the damage (Synth360's local distortions), ``cap_distance.png`` (each agent's steps
+against their distance from the damaged cap). ``results.json`` is
 rewritten atomically after every finished task, and a rerun with the same ``--out`` and
 configuration skips the finished tasks (``--splits`` may grow between runs: task k only depends
 on its own seed). With ``--json`` the last printed line is a JSON object with one entry per
 method: the mean and std over tasks of each metric.
+
+Where-to-look diagnostics (:mod:`rl_scaniqa.agents.damage`): every method entry also carries
+``srcc_local`` (SRCC among the test images with a located damaged cap) and ``damage_hit_rate``
+(share of path steps on those images whose viewport sees at least a quarter of the cap). When the
+test images have caps, two reference rows join the table: the oracle (each path takes the
+viewports that see most of the cap) and the anti-oracle (those that see least of it); on images
+without a cap both take the random-paths baseline's paths. The SVR row has no paths: its
+``damage_hit_rate`` is null. On datasets without cap labels both diagnostics are null.
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ from rl_scaniqa.agents.baselines import (
     CUBE_FACE_PATH_LENGTH,
     AllViewportsAgent,
     CubeFaceAgent,
+    DamageOracleAgent,
     EntropyGreedyAgent,
     EquatorSweepAgent,
     HumanScanpathAgent,
@@ -60,12 +71,20 @@ from rl_scaniqa.agents.baselines import (
     human_scanpaths_from_records,
 )
 from rl_scaniqa.agents.cotrain import CoTrainRun, cotrain
+from rl_scaniqa.agents.damage import (
+    DISTANCE_BIN_EDGES,
+    damage_hit_rate,
+    distance_profile,
+    has_cap,
+    local_srcc,
+)
 from rl_scaniqa.agents.data_args import DataArgs
 from rl_scaniqa.agents.evaluation import AgentEvaluation, ScanpathAgent, evaluate_agent
 from rl_scaniqa.agents.reporting import (
     markdown_table,
     mean_std,
     plot_curve,
+    plot_distance_profiles,
     plot_scanpath_panels,
 )
 from rl_scaniqa.agents.script_args import parse_script_args
@@ -79,6 +98,10 @@ from rl_scaniqa.envs.storage import atomic_path, atomic_write_json, atomic_write
 
 PROTOCOLS = ("in-dataset", "cross-dataset", "cross-distortion", "ablation")
 METRICS = ("srcc", "plcc", "krcc", "rmse")
+#: Where-to-look diagnostics of every method (null where they do not apply).
+DIAGNOSTICS = ("srcc_local", "damage_hit_rate")
+#: What the summary averages over tasks per method.
+SUMMARY_KEYS = (*METRICS, *DIAGNOSTICS, "ms_per_image")
 RESULTS_NAME = "results.json"
 REPORT_NAME = "report.md"
 #: Checkpoints of the trainings of unfinished tasks, one folder per training.
@@ -93,6 +116,9 @@ CUBE = "Cube faces (MC360IQA-like)"
 HUMAN = "Human scanpaths"
 CEILING = "All viewports (ceiling)"
 SVR = "SVR on NSS features (no paths)"
+# Reference rows, not methods; one name says "oracle", the other "anti", never both.
+ORACLE = "Oracle: viewports on the damage (reference)"
+ANTI = "Anti: viewports farthest from the damage (reference)"
 
 #: Ablated variants: overrides of the co-training settings (weights set to 0).
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -364,8 +390,14 @@ def variant_settings(base: CoTrainSettings, overrides: Mapping[str, Any],
 # ----------------------------------------------------------------------------- evaluation
 
 
-def metrics_of(evaluation: AgentEvaluation) -> dict[str, Any]:
-    return {**evaluation.metrics, "ms_per_image": evaluation.ms_per_image}
+def metrics_of(evaluation: AgentEvaluation, cache: FeatureCache) -> dict[str, Any]:
+    """The protocol metrics, the where-to-look diagnostics and the time of one evaluation on
+    ``cache`` (the cache its scanpaths index)."""
+    scanpaths = evaluation.scanpaths
+    return {**evaluation.metrics,
+            "srcc_local": local_srcc(cache, scanpaths.image_indices, evaluation.predicted),
+            "damage_hit_rate": damage_hit_rate(scanpaths, cache),
+            "ms_per_image": evaluation.ms_per_image}
 
 
 def human_subset(task: Task) -> np.ndarray:
@@ -374,15 +406,21 @@ def human_subset(task: Task) -> np.ndarray:
                       dtype=np.int64)
 
 
-def path_agents(grid: ViewportGrid, seed: int) -> dict[str, tuple[ScanpathAgent, dict[str, int]]]:
-    """The scanpath baselines and their ``run_agent`` overrides of K and T (if any)."""
-    return {
+def path_agents(grid: ViewportGrid, seed: int,
+                with_caps: bool) -> dict[str, tuple[ScanpathAgent, dict[str, int]]]:
+    """The scanpath baselines and their ``run_agent`` overrides of K and T (if any); the oracle
+    and anti-oracle reference rows only ``with_caps`` (test labels that locate the damage)."""
+    agents: dict[str, tuple[ScanpathAgent, dict[str, int]]] = {
         RANDOM: (RandomPathAgent(seed=seed), {}),
         EQUATOR: (EquatorSweepAgent(grid), {}),
         ENTROPY: (EntropyGreedyAgent(grid, seed=seed), {}),
         CUBE: (CubeFaceAgent(grid), {"path_length": CUBE_FACE_PATH_LENGTH}),
         CEILING: (AllViewportsAgent(), all_viewports_kwargs(grid)),
     }
+    if with_caps:
+        agents[ORACLE] = (DamageOracleAgent(grid, seed=seed), {})
+        agents[ANTI] = (DamageOracleAgent(grid, least=True, seed=seed), {})
+    return agents
 
 
 def evaluate_paths(agent: ScanpathAgent, run: CoTrainRun, settings: CoTrainSettings, task: Task,
@@ -400,8 +438,11 @@ def evaluate_svr(task: Task) -> dict[str, Any]:
     scores = model.predict(task.test, np.arange(len(task.test)))
     seconds = time.perf_counter() - started
     predicted = task.test.mos_scale.denormalize(scores)
-    return {**evaluate(predicted, task.test.mos), "ms_per_image": 1000.0 * seconds / len(task.test),
-            "best_params": model.best_params}
+    everything = np.arange(len(task.test))
+    # No paths, so no hit rate: null, not 0 (it did not look away from the damage either).
+    return {**evaluate(predicted, task.test.mos),
+            "srcc_local": local_srcc(task.test, everything, predicted), "damage_hit_rate": None,
+            "ms_per_image": 1000.0 * seconds / len(task.test), "best_params": model.best_params}
 
 
 def visit_frequencies(evaluations: Mapping[str, AgentEvaluation],
@@ -412,6 +453,13 @@ def visit_frequencies(evaluations: Mapping[str, AgentEvaluation],
         counts = np.bincount(evaluation.scanpaths.paths[..., 1:].ravel(), minlength=n_viewports)
         result[name] = (counts / counts.sum()).tolist()
     return result
+
+
+def cap_distance_profiles(evaluations: Mapping[str, AgentEvaluation],
+                          cache: FeatureCache) -> dict[str, list[float]]:
+    """Per method: its steps on images with a cap, as fractions per distance bin from the cap."""
+    return {name: distance_profile(evaluation.scanpaths, cache).tolist()
+            for name, evaluation in evaluations.items()}
 
 
 def panel_record(task: Task, evaluations: Mapping[str, AgentEvaluation]) -> dict[str, Any]:
@@ -442,7 +490,8 @@ def methods_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str,
     everything = np.arange(len(task.test))
     evaluations = {RL: evaluate_paths(run.policy, run, settings, task, everything,
                                       args.eval_paths)}
-    for name, (agent, overrides) in path_agents(task.test.grid, task.seed).items():
+    with_caps = bool(has_cap(task.test).any())
+    for name, (agent, overrides) in path_agents(task.test.grid, task.seed, with_caps).items():
         evaluations[name] = evaluate_paths(agent, run, settings, task, everything,
                                            overrides.get("n_paths", args.eval_paths),
                                            overrides.get("path_length"))
@@ -450,21 +499,25 @@ def methods_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str,
     if with_human.size >= 3:
         evaluations[HUMAN] = evaluate_paths(HumanScanpathAgent(task.human, task.test.grid), run,
                                             settings, task, with_human, args.eval_paths)
-    methods = {name: metrics_of(e) for name, e in evaluations.items()}
+    methods = {name: metrics_of(e, task.test) for name, e in evaluations.items()}
     methods[SVR] = evaluate_svr(task)
     k_curve: dict[str, dict[str, Any]] = {RL: {}, RANDOM: {}}
     for k in int_list(args.k_values, "k-values"):
         k_curve[RL][str(k)] = metrics_of(evaluate_paths(run.policy, run, settings, task,
-                                                        everything, k))
+                                                        everything, k), task.test)
         k_curve[RANDOM][str(k)] = metrics_of(evaluate_paths(RandomPathAgent(task.seed), run,
-                                                            settings, task, everything, k))
+                                                            settings, task, everything, k),
+                                             task.test)
     shown = {name: evaluations[name] for name in (RL, ENTROPY, RANDOM, HUMAN)
              if name in evaluations}
     visited = {name: evaluations[name] for name in (RL, RANDOM, EQUATOR, ENTROPY, HUMAN)
                if name in evaluations}
-    return {"methods": methods, "k_curve": k_curve, "panels": panel_record(task, shown),
-            "visits": visit_frequencies(visited, task.test.grid.n_viewports),
-            "timesteps": int(run.ppo.num_timesteps)}
+    record = {"methods": methods, "k_curve": k_curve, "panels": panel_record(task, shown),
+              "visits": visit_frequencies(visited, task.test.grid.n_viewports),
+              "timesteps": int(run.ppo.num_timesteps)}
+    if with_caps:
+        record["cap_distance"] = cap_distance_profiles(evaluations, task.test)
+    return record
 
 
 def ablation_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str, Any]:
@@ -477,27 +530,28 @@ def ablation_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str
                                         args.eval_paths)}
     evaluations[RANDOM] = evaluate_paths(RandomPathAgent(task.seed), full, full_settings, task,
                                          everything, args.eval_paths)
-    methods = {name: metrics_of(e) for name, e in evaluations.items()}
+    methods = {name: metrics_of(e, task.test) for name, e in evaluations.items()}
     with_human = human_subset(task)
     if with_human.size >= 3:
         human = evaluate_paths(HumanScanpathAgent(task.human, task.test.grid), full, full_settings,
                                task, with_human, args.eval_paths)
         evaluations[HUMAN] = human
-        methods[HUMAN] = metrics_of(human)
+        methods[HUMAN] = metrics_of(human, task.test)
         # RL on exactly the images the human row is measured on, for a like-for-like pair.
         methods[f"{RL} (images with human paths)"] = metrics_of(evaluate_paths(
-            full.policy, full, full_settings, task, with_human, args.eval_paths))
+            full.policy, full, full_settings, task, with_human, args.eval_paths), task.test)
     for name, overrides in ABLATIONS.items():
         settings = variant_settings(base, overrides, task.seed)
         run = train_model(settings, args, task, tracker, name)
         methods[name] = metrics_of(evaluate_paths(run.policy, run, settings, task, everything,
-                                                  args.eval_paths))
+                                                  args.eval_paths), task.test)
     k_curve: dict[str, dict[str, Any]] = {RL: {}, RANDOM: {}}
     for k in int_list(args.k_values, "k-values"):
         k_curve[RL][str(k)] = metrics_of(evaluate_paths(full.policy, full, full_settings, task,
-                                                        everything, k))
+                                                        everything, k), task.test)
         k_curve[RANDOM][str(k)] = metrics_of(evaluate_paths(RandomPathAgent(task.seed), full,
-                                                            full_settings, task, everything, k))
+                                                            full_settings, task, everything, k),
+                                             task.test)
     t_curve: dict[str, dict[str, Any]] = {RL: {}}
     for t in int_list(args.t_values, "t-values"):
         if t == base.path_length:
@@ -506,7 +560,7 @@ def ablation_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str
         settings = variant_settings(base, {"path_length": t}, task.seed)
         run = train_model(settings, args, task, tracker, f"T={t}")
         t_curve[RL][str(t)] = metrics_of(evaluate_paths(run.policy, run, settings, task,
-                                                        everything, args.eval_paths))
+                                                        everything, args.eval_paths), task.test)
     return {"methods": methods, "k_curve": k_curve, "t_curve": t_curve,
             "panels": panel_record(task, evaluations),
             "visits": visit_frequencies(evaluations, task.test.grid.n_viewports),
@@ -569,11 +623,17 @@ def summarize_methods(tasks: Sequence[Mapping[str, Any]]) -> dict[str, dict[str,
     summary = {}
     for name in names:
         rows = [task["methods"][name] for task in tasks if name in task["methods"]]
-        stats = summarize([{key: row[key] for key in (*METRICS, "ms_per_image")} for row in rows])
+        stats = summarize([{key: _number(row.get(key)) for key in SUMMARY_KEYS} for row in rows])
         summary[name] = {key: {"mean": stats[key]["mean"], "std": stats[key]["std"]}
-                         for key in (*METRICS, "ms_per_image")}
+                         for key in SUMMARY_KEYS}
         summary[name]["splits"] = len(rows)
     return summary
+
+
+def _number(value: Any) -> float:
+    """A task record's metric as a float: null (no value, e.g. the SVR's hit rate, or NaN that
+    went through strict JSON) and a key absent from an older results file become NaN."""
+    return math.nan if value is None else float(value)
 
 
 def summarize_curve(tasks: Sequence[Mapping[str, Any]], key: str) -> dict[str, dict[str, Any]]:
@@ -631,14 +691,15 @@ def _table(summary: Mapping[str, Mapping[str, Any]], names: Sequence[str],
         if name not in summary:
             continue
         entry = summary[name]
-        rows.append({"method": name, **{m: mean_std(entry, m) for m in METRICS},
+        rows.append({"method": name, **{m: mean_std(entry, m) for m in (*METRICS, *DIAGNOSTICS)},
                      "ms": mean_std(entry, "ms_per_image"), "splits": entry["splits"]})
     for row in published:
         rows.append({"method": row["method"], "srcc": f"{row['srcc']:.3f}",
-                     "plcc": f"{row['plcc']:.3f}", "krcc": "–", "rmse": "–", "ms": "–",
-                     "splits": "–"})
-    return markdown_table(rows, ["method", *METRICS, "ms", "splits"],
-                          ["Method", "SRCC", "PLCC", "KRCC", "RMSE", "ms/image", "Tasks"])
+                     "plcc": f"{row['plcc']:.3f}", "krcc": "–", "rmse": "–", "srcc_local": "–",
+                     "damage_hit_rate": "–", "ms": "–", "splits": "–"})
+    return markdown_table(rows, ["method", *METRICS, *DIAGNOSTICS, "ms", "splits"],
+                          ["Method", "SRCC", "PLCC", "KRCC", "RMSE", "SRCC (local)",
+                           "Damage hit rate", "ms/image", "Tasks"])
 
 
 def _curve_table(curve: Mapping[str, Mapping[str, Any]], axis: str) -> str:
@@ -681,6 +742,14 @@ def write_figures(out: Path, tasks: Sequence[Mapping[str, Any]], summary: Mappin
                     title=f"Where the agents look: fraction of actions per viewport "
                           f"(mean over {len(with_visits)} task(s))")
         names.append("viewport_visits.png")
+    with_caps = [task["cap_distance"] for task in tasks if "cap_distance" in task]
+    if with_caps:
+        plot_distance_profiles(
+            DISTANCE_BIN_EDGES, {name: np.mean([profiles[name] for profiles in with_caps], axis=0)
+                                 for name in with_caps[0]}, out / "cap_distance.png",
+            title=f"Where the steps land on local-distortion test images (mean over "
+                  f"{len(with_caps)} task(s))")
+        names.append("cap_distance.png")
     panels = tasks[0].get("panels")
     if panels:
         methods = list(panels["paths"])
@@ -746,7 +815,7 @@ def report_text(args: Args, data: Mapping[str, Any], document: Mapping[str, Any]
              f"- Tasks finished: {len(tasks)} of {args.splits}; compute {wall / 60:.1f} min "
              f"({torch.get_num_threads()} torch threads).", ""]
     published = _published_rows(args, data)
-    path_methods = [RL, RANDOM, EQUATOR, ENTROPY, CUBE, HUMAN, SVR, CEILING]
+    path_methods = [RL, RANDOM, EQUATOR, ENTROPY, CUBE, HUMAN, SVR, CEILING, ORACLE, ANTI]
     if args.protocol == "in-dataset":
         lines += [f"## Table 1 — in-dataset, {args.dataset} (mean ± std over {len(tasks)} "
                   f"reference splits, {1 - args.test_fraction:.0%}/{args.test_fraction:.0%})", "",
@@ -771,8 +840,16 @@ def report_text(args: Args, data: Mapping[str, Any], document: Mapping[str, Any]
         if HUMAN not in summary:
             lines += ["RL vs human paths: this dataset carries no human scanpaths (JUFE with "
                       "`--dataset-options hm_root=HMData` does), so that row is absent.", ""]
+    if ORACLE in summary:
+        lines += ["SRCC (local): SRCC among the test images with a local distortion (a damaged "
+                  "cap the labels locate). Damage hit rate: share of path steps on those images "
+                  "whose viewport sees at least a quarter of the cap, on the env's sphere "
+                  "sampling (the SVR has no paths). The oracle and anti rows are references "
+                  "that read the labels, not methods: their paths take the viewports that see "
+                  "most / least of the cap, and the random paths' on images without one.", ""]
     if args.protocol != "ablation" and RL in summary:
-        deltas = paired_deltas(tasks, RL, [RANDOM, EQUATOR, ENTROPY, CUBE, HUMAN, SVR, CEILING])
+        deltas = paired_deltas(tasks, RL, [RANDOM, EQUATOR, ENTROPY, CUBE, HUMAN, SVR, CEILING,
+                                           ORACLE, ANTI])
         lines += ["### RL-ScanIQA against each method, paired per task", "",
                   "SRCC of RL-ScanIQA minus SRCC of the method on the same task (positive = "
                   "RL-ScanIQA better); wins = tasks where RL-ScanIQA is ahead.", "",
@@ -809,13 +886,14 @@ def write_results(out: Path, args: Args, data: Mapping[str, Any], tasks: list[di
 
 
 def json_summary(summary: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """What ``--json`` prints: method → metric → {mean, std} (nan → null)."""
+    """What ``--json`` prints: method → metric → {mean, std} (nan → null), for the protocol's
+    metrics, ``srcc_local``, ``damage_hit_rate`` and ``ms_per_image``."""
     def clean(value: float) -> float | None:
         return None if value is None or not math.isfinite(value) else value
 
     return {name: {metric: {"mean": clean(entry[metric]["mean"]),
                             "std": clean(entry[metric]["std"])}
-                   for metric in (*METRICS, "ms_per_image")} | {"splits": entry["splits"]}
+                   for metric in SUMMARY_KEYS} | {"splits": entry["splits"]}
             for name, entry in summary.items()}
 
 

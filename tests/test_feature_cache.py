@@ -97,6 +97,10 @@ def _write_dataset(folder: Path, n: int = N_IMAGES, seed: int = 0) -> list[Panor
         path = folder / f"img{k}.png"
         cv2.imwrite(str(path), cv2.cvtColor(_panorama(rng), cv2.COLOR_RGB2BGR))
         extra = {"start_yaw": 100.0, "start_pitch": -30.0} if k == 1 else {}
+        if k == 3:  # as Synth360 labels a local distortion (strings, read by the csv loader)
+            extra = {"scope": "local", "cap_yaw": "-120.500", "cap_pitch": "12.250", "cap_radius": "30.000"}
+        elif k == 5:  # as Synth360 labels a global distortion: empty cap cells
+            extra = {"scope": "global", "cap_yaw": "", "cap_pitch": "", "cap_radius": ""}
         records.append(PanoramaRecord(path=path, mos=1.0 + 0.5 * k, ref_id=f"ref{k // 2}",
                                       distortion="reference" if k % 2 == 0 else "noise",
                                       level=k % 2, extra=extra))
@@ -122,7 +126,7 @@ def test_shapes_dtypes_and_labels(dataset, built):
     expected = {"viewport_features": ((m, v, d), np.float32), "global_features": ((m, d), np.float32),
                 "entropy": ((m, v), np.float32), "ssim": ((m, v, v), np.float32),
                 "thumbnails": ((m, 128, 256, 3), np.uint8), "start_viewports": ((m,), np.int64),
-                "levels": ((m,), np.int64), "mos": ((m,), np.float32),
+                "levels": ((m,), np.int64), "mos": ((m,), np.float32), "caps": ((m, 3), np.float32),
                 "aug_viewport_features": ((m, a, v, d), np.float32),
                 "aug_global_features": ((m, a, d), np.float32)}
     for name, (shape, dtype) in expected.items():
@@ -139,6 +143,9 @@ def test_shapes_dtypes_and_labels(dataset, built):
     assert cache.augmentations == VIEWS
     # Only image 1 carries a start direction; the others get -1.
     assert cache.start_viewports.tolist() == [-1, GRID.nearest(100.0, -30.0), -1, -1, -1, -1]
+    # Only image 3 has a damaged cap; the others (image 5's empty cells included) have NaN rows.
+    np.testing.assert_array_equal(cache.caps[3], np.float32([-120.5, 12.25, 30.0]))
+    assert np.isnan(np.delete(cache.caps, 3, axis=0)).all()
     erp = read_erp(dataset[3].path)
     np.testing.assert_array_equal(cache.thumbnails[3], cv2.resize(erp, (256, 256 // 2), interpolation=cv2.INTER_AREA))
     metadata, _ = _contents(built)
@@ -426,6 +433,31 @@ def test_no_augmentations_give_empty_arrays_and_bad_arguments_fail(tmp_path):
     missing = [PanoramaRecord(path=tmp_path / "nope.png", mos=2.0, ref_id="r", distortion="noise", level=1)]
     with pytest.raises(ImageError, match="nope.png"):
         build_cache(missing, NSSBackbone(), GRID, tmp_path / "cache", dataset="synth360")
+
+
+def test_caches_of_another_format_version_are_refused_and_never_reused(dataset, built, tmp_path, monkeypatch):
+    # A cache written before the caps array (format 1) lacks it: loading names the version ...
+    metadata, tensors = _contents(built)
+    del tensors["caps"]
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), metadata={**metadata, "format_version": "1"})
+    with pytest.raises(CacheError, match=r"old\.safetensors.*format version '1'.*rebuild"):
+        load_cache(old)
+    # ... and the version is part of the key, so a build never picks the old file up.
+    import rl_scaniqa.envs.features.cache as cache_module
+    current = cache_module.cache_key("f", "nss-v2", GRID, "synth360")
+    monkeypatch.setattr(cache_module, "FORMAT_VERSION", 1)
+    assert cache_module.cache_key("f", "nss-v2", GRID, "synth360") != current
+
+
+def test_malformed_damaged_caps_raise_naming_the_image(dataset, tmp_path):
+    base = dataset[0]
+    for extra, message in (({"cap_yaw": "10", "cap_pitch": "", "cap_radius": "30"}, "numeric"),
+                           ({"cap_yaw": "10", "cap_pitch": "95", "cap_radius": "30"}, "not a cap"),
+                           ({"cap_yaw": "10", "cap_pitch": "5", "cap_radius": "0"}, "not a cap")):
+        record = PanoramaRecord(path=base.path, mos=2.0, ref_id="r", distortion="noise", level=1, extra=extra)
+        with pytest.raises(DatasetError, match=f"img0.png.*{message}"):
+            build_cache([record], NSSBackbone(), GRID, tmp_path / "cache", dataset="synth360", progress=False)
 
 
 def test_subset_keeps_rows_in_the_given_order(built):

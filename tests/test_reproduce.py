@@ -41,10 +41,38 @@ def tiny_cache(distortions=None):
     return cache
 
 
+def with_caps(cache):
+    """Synth360-like labels: two images in three are local distortions with a damaged cap (so a
+    test split of 6 images has enough of them for an SRCC), the third has none."""
+    rng = np.random.default_rng(11)
+    caps = np.full((len(cache), 3), np.nan, dtype=np.float32)
+    local = np.flatnonzero(np.arange(len(cache)) % 3 != 2)
+    caps[local] = np.stack([rng.uniform(-180, 180, local.size), rng.uniform(-60, 60, local.size),
+                            rng.uniform(25, 40, local.size)], axis=1)
+    return dataclasses.replace(cache, caps=caps)
+
+
+def assert_diagnostics(reproduce, summary):
+    """Every entry carries srcc, srcc_local and damage_hit_rate as {mean, std} objects."""
+    assert any("oracle" in name.lower() and "anti" not in name.lower() for name in summary)
+    assert any("anti" in name.lower() and "oracle" not in name.lower() for name in summary)
+    for name, entry in summary.items():
+        for metric in ("srcc", "srcc_local", "damage_hit_rate"):
+            assert set(entry[metric]) == {"mean", "std"}, (name, metric)
+        assert entry["srcc_local"]["mean"] is not None, name
+        if name == reproduce.SVR:
+            assert entry["damage_hit_rate"]["mean"] is None  # no paths
+        else:
+            assert 0.0 <= entry["damage_hit_rate"]["mean"] <= 1.0, name
+    oracle, anti = summary[reproduce.ORACLE], summary[reproduce.ANTI]
+    assert oracle["damage_hit_rate"]["mean"] > summary[reproduce.RANDOM]["damage_hit_rate"]["mean"]
+    assert anti["damage_hit_rate"]["mean"] == 0.0
+
+
 @pytest.fixture
 def fake_data(reproduce, monkeypatch):
-    """Replace dataset loading by random caches; counts trainings."""
-    cache = tiny_cache()
+    """Replace dataset loading by random caches with caps; counts trainings."""
+    cache = with_caps(tiny_cache())
     human = {image: [[12, 13, 20, 4]] for image in cache.image_ids[::2]}
     calls = {"trainings": 0, "sources": []}
 
@@ -73,18 +101,22 @@ def test_in_dataset_end_to_end_and_resume(reproduce, fake_data, tmp_path, capsys
     reproduce.main(["--protocol", "in-dataset", "--splits", "1", "--out", str(out), *TINY])
     summary = last_json(capsys)
     expected = {reproduce.RL, reproduce.RANDOM, reproduce.EQUATOR, reproduce.ENTROPY,
-                reproduce.CUBE, reproduce.CEILING, reproduce.HUMAN, reproduce.SVR}
+                reproduce.CUBE, reproduce.CEILING, reproduce.HUMAN, reproduce.SVR,
+                reproduce.ORACLE, reproduce.ANTI}
     assert set(summary) == expected
+    assert_diagnostics(reproduce, summary)
     for entry in summary.values():
         assert set(entry) >= {"srcc", "plcc", "krcc", "rmse"}
         assert set(entry["srcc"]) == {"mean", "std"}
         assert entry["splits"] == 1
     assert fake_data["trainings"] == 1
     for name in ("results.json", "report.md", "srcc_vs_k.png", "scanpaths.png",
-                 "viewport_visits.png"):
+                 "viewport_visits.png", "cap_distance.png"):
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
     assert "Table 1" in report and "RL-ScanIQA against each method" in report
+    assert "SRCC (local)" in report and "Damage hit rate" in report
+    assert reproduce.ORACLE in report and reproduce.ANTI in report
 
     # One more split: the finished one is skipped, only the new one is trained.
     reproduce.main(["--protocol", "in-dataset", "--splits", "2", "--out", str(out), *TINY])
@@ -129,7 +161,9 @@ def test_a_killed_task_resumes_its_training_from_the_checkpoint(reproduce, fake_
     monkeypatch.setattr(reproduce, "cotrain", resuming)
     reproduce.main(arguments)
     assert runs[1].resumed_from == 140 and runs[1].ppo.num_timesteps == 140
-    assert last_json(capsys)[reproduce.RL]["splits"] == 1
+    summary = last_json(capsys)
+    assert summary[reproduce.RL]["splits"] == 1
+    assert_diagnostics(reproduce, summary)
     # The finished task's checkpoints go; the configuration they belonged to stays recorded.
     assert not folder.exists() and (out / reproduce.CHECKPOINTS_NAME / "config.json").is_file()
     (out / reproduce.RESULTS_NAME).unlink()  # as if killed during the first task
@@ -151,6 +185,21 @@ def test_ablation_trains_every_variant_and_the_t_curve(reproduce, fake_data, tmp
     assert set(document["k_curve"][reproduce.RL]) == {"1", "2"}
     assert (out / "srcc_vs_t.png").is_file()
     assert "Table 3" in (out / "report.md").read_text()
+
+
+def test_without_cap_labels_there_are_no_reference_rows_and_the_diagnostics_are_null(reproduce):
+    grid = tiny_cache().grid
+    assert reproduce.ORACLE not in reproduce.path_agents(grid, 0, with_caps=False)
+    assert {reproduce.ORACLE, reproduce.ANTI} <= set(reproduce.path_agents(grid, 0, with_caps=True))
+    # Task records as results.json holds them: NaN went through strict JSON as null, the SVR's
+    # hit rate is null, and a record of an older run lacks the diagnostics altogether.
+    metrics = {"srcc": 0.5, "plcc": 0.5, "krcc": 0.4, "rmse": 0.1, "ms_per_image": 1.0}
+    tasks = [{"methods": {"A": {**metrics, "srcc_local": None, "damage_hit_rate": None}}},
+             {"methods": {"A": metrics}}]
+    entry = reproduce.json_summary(reproduce.summarize_methods(tasks))["A"]
+    assert entry["srcc"]["mean"] == 0.5
+    assert entry["srcc_local"] == {"mean": None, "std": None}
+    assert entry["damage_hit_rate"] == {"mean": None, "std": None}
 
 
 def test_variant_settings_zero_the_ablated_weights(reproduce):

@@ -11,6 +11,10 @@ For every image of a dataset, one backbone and one viewport grid, the cache hold
 * the dataset's start viewport (``record.extra["start_yaw"]`` / ``["start_pitch"]`` in degrees,
   mapped with :meth:`ViewportGrid.nearest`; ``-1`` when absent);
 * the label fields (image id, path, reference id, distortion, level, raw MOS);
+* the damaged cap of a local distortion, where the labels locate it (``record.extra["cap_yaw"]``,
+  ``["cap_pitch"]``, ``["cap_radius"]`` in degrees, as Synth360 writes them): centre and radius,
+  NaN for images without one (global distortions, references, datasets that do not say), so the
+  where-to-look diagnostics (:mod:`rl_scaniqa.agents.damage`) need no pixels either;
 * optionally the viewport and global features of *augmented views*: real image-space
   distortions (:mod:`rl_scaniqa.envs.data.distortions`) applied to the ERP before projection, for
   the assessor's consistency, triplet and cross-ranking losses. ``weak`` is level 1 of a
@@ -33,6 +37,7 @@ A augmented views)::
     start_viewports        int64   (M,)
     levels                 int64   (M,)
     mos                    float32 (M,)
+    caps                   float32 (M, 3)           yaw, pitch, radius in degrees; NaN = no cap
     aug_viewport_features  float32 (M, A, V, D)     A may be 0
     aug_global_features    float32 (M, A, D)
 
@@ -46,12 +51,15 @@ Key and staleness
 -----------------
 The *dataset fingerprint* is a SHA-256 over, for every record **in order** (cache rows are
 positions in the record list, so a reordering must not reuse a cache): image id, resolved path,
-file size, ``st_mtime_ns``, MOS, reference id, distortion, level and start yaw/pitch. The cache
+file size, ``st_mtime_ns``, MOS, reference id, distortion, level, start yaw/pitch and damaged
+cap. The cache
 *key* hashes the fingerprint with the dataset name, ``backbone.name``, ``grid.key()``, the
 augmented views with their kinds and levels, the SSIM resolution and :data:`FORMAT_VERSION`.
 The file is ``<cache_dir>/<dataset>-<grid key>-<key>.safetensors``, so a touched image, another
 backbone or another grid gives another file and a stale cache is never picked up; loading checks
-the stored backbone, grid and (through :func:`get_or_build_cache`) fingerprint as well.
+the stored backbone, grid and (through :func:`get_or_build_cache`) fingerprint as well. A cache
+written by another :data:`FORMAT_VERSION` (e.g. one from before the ``caps`` array) has another
+key, so it is rebuilt beside the old file, and :func:`load_cache` refuses it by name.
 
 Resume
 ------
@@ -92,6 +100,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -129,6 +138,7 @@ __all__ = [
     "CACHE_ARRAYS",
     "CACHE_LISTS",
     "FORMAT_VERSION",
+    "NO_CAP",
     "PIXEL_ARRAYS",
     "SSIM_RESOLUTION",
     "AugmentationChoice",
@@ -141,6 +151,7 @@ __all__ = [
     "cache_key",
     "cache_path",
     "check_arrays",
+    "damage_cap",
     "dataset_fingerprint",
     "encode_projected",
     "get_or_build_cache",
@@ -152,7 +163,8 @@ __all__ = [
 ]
 
 #: Bumped whenever the content or layout of a cache changes; part of the key.
-FORMAT_VERSION = 1
+#: 2: the ``caps`` array (damaged cap of local distortions).
+FORMAT_VERSION = 2
 #: Side (pixels) to which grey viewports are downsampled before the pairwise SSIM.
 SSIM_RESOLUTION = 64
 #: (height, width) of the stored ERP thumbnails.
@@ -225,6 +237,7 @@ CACHE_ARRAYS: tuple[CacheArray, ...] = (
     CacheArray("start_viewports", np.int64, ("M",)),
     CacheArray("levels", np.int64, ("M",), from_pixels=False),
     CacheArray("mos", np.float32, ("M",), from_pixels=False),
+    CacheArray("caps", np.float32, ("M", 3), from_pixels=False),
     CacheArray("aug_viewport_features", np.float32, ("M", "A", "V", "D"), finite=True),
     CacheArray("aug_global_features", np.float32, ("M", "A", "D"), finite=True),
 )
@@ -405,6 +418,7 @@ class FeatureCache:
     distortions: list[str]
     levels: np.ndarray
     mos: np.ndarray
+    caps: np.ndarray
     viewport_features: np.ndarray
     global_features: np.ndarray
     entropy: np.ndarray
@@ -448,6 +462,7 @@ class FeatureCache:
         if starts.size and (starts.min() < -1 or starts.max() >= self.grid.n_viewports):
             raise CacheError(f"{source}: start_viewports must be -1 or a viewport index < "
                              f"{self.grid.n_viewports}")
+        _check_caps(self.caps, source)
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> FeatureCache:
         """A new cache holding the given rows, in the given order (arrays are copies)."""
@@ -547,12 +562,52 @@ def _start_direction(record: PanoramaRecord) -> tuple[float, float] | None:
     return yaw, pitch
 
 
+#: The ``caps`` row of an image without a located damage.
+NO_CAP = (math.nan, math.nan, math.nan)
+_CAP_FIELDS = ("cap_yaw", "cap_pitch", "cap_radius")
+
+
+def _check_caps(caps: np.ndarray, source: str) -> None:
+    """Rows are all NaN (no cap) or a centre on the sphere with a radius in (0, 180] degrees."""
+    known = ~np.isnan(caps).all(axis=1)
+    rows = caps[known]
+    if not np.isfinite(rows).all() or not ((np.abs(rows[:, 1]) <= 90.0).all()
+                                           and (rows[:, 2] > 0).all() and (rows[:, 2] <= 180).all()):
+        raise CacheError(f"{source}: array 'caps' must hold NaN rows or (yaw, pitch in [-90, 90], "
+                         "radius in (0, 180]) degrees")
+
+
+def damage_cap(record: PanoramaRecord) -> tuple[float, float, float]:
+    """The damaged cap (yaw, pitch, radius) in degrees of a record, or :data:`NO_CAP`.
+
+    Read from ``record.extra["cap_yaw"]``, ``["cap_pitch"]`` and ``["cap_radius"]``; absent or
+    all empty (Synth360 leaves them empty for global distortions and references) means no cap.
+
+    Raises:
+        DatasetError: some but not all fields given, a non-numeric value, or a cap that is not on
+            the sphere; the message names the image file.
+    """
+    extra = record.extra or {}
+    cells = [extra.get(name, "") for name in _CAP_FIELDS]
+    if all(cell in ("", None) for cell in cells):
+        return NO_CAP
+    try:
+        yaw, pitch, radius = (float(cell) for cell in cells)
+    except (TypeError, ValueError) as error:
+        raise DatasetError(f"{record.path}: damaged cap needs numeric {', '.join(_CAP_FIELDS)} "
+                           f"(got {dict(zip(_CAP_FIELDS, cells))!r}): {error}") from error
+    if not (math.isfinite(yaw) and -90.0 <= pitch <= 90.0 and 0.0 < radius <= 180.0):
+        raise DatasetError(f"{record.path}: damaged cap yaw={yaw}, pitch={pitch}, radius={radius} "
+                           "is not a cap on the sphere")
+    return yaw, pitch, radius
+
+
 def dataset_fingerprint(records: Sequence[PanoramaRecord]) -> str:
     """SHA-256 hex of the records' files (path, size, mtime) and labels, in record order.
 
     Raises:
         ImageError: an image file does not exist.
-        DatasetError: two records share an image id, or a start direction is malformed.
+        DatasetError: two records share an image id, or a start direction or cap is malformed.
     """
     entries = []
     seen: dict[str, Path] = {}
@@ -567,8 +622,15 @@ def dataset_fingerprint(records: Sequence[PanoramaRecord]) -> str:
         except OSError as error:
             raise ImageError(f"{path}: cannot read the image file ({error.strerror or error})") from error
         entries.append([image_id, str(path.resolve()), stat.st_size, stat.st_mtime_ns, float(record.mos),
-                        record.ref_id, record.distortion, int(record.level), _start_direction(record)])
+                        record.ref_id, record.distortion, int(record.level), _start_direction(record),
+                        _cap_entry(record)])
     return hashlib.sha256(json.dumps(entries).encode("utf-8")).hexdigest()
+
+
+def _cap_entry(record: PanoramaRecord) -> list[float] | None:
+    """The cap as JSON can hash it (NaN is not JSON): None for no cap."""
+    cap = damage_cap(record)
+    return None if math.isnan(cap[0]) else list(cap)
 
 
 def cache_key(fingerprint: str, backbone_name: str, grid: ViewportGrid, dataset: str,
@@ -843,7 +905,7 @@ def build_cache(records: Sequence[PanoramaRecord], backbone: Backbone, grid: Vie
         CacheError: no records, unknown augmented view, bad chunk size or worker count, or a
             backbone that returns NaN/inf features (the message names the image).
         ImageError: an image file is missing, unreadable or not an ERP.
-        DatasetError: duplicate image ids or a malformed start direction.
+        DatasetError: duplicate image ids or a malformed start direction or damaged cap.
     """
     records = list(records)
     views = _check_augmentations(augmentations)
@@ -873,6 +935,7 @@ def build_cache(records: Sequence[PanoramaRecord], backbone: Backbone, grid: Vie
         tensors = _merge_chunks(chunks)
         tensors["levels"] = np.asarray([int(r.level) for r in records], dtype=np.int64)
         tensors["mos"] = np.asarray([float(r.mos) for r in records], dtype=np.float32)
+        tensors["caps"] = np.asarray([damage_cap(r) for r in records], dtype=np.float32).reshape(-1, 3)
         metadata = _cache_metadata(records, backbone, grid, views, dataset, key, fingerprint)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)

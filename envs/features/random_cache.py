@@ -6,7 +6,7 @@ import numpy as np
 
 from rl_scaniqa.envs.data.datasets.records import MosScale
 from rl_scaniqa.envs.data.geometry import ViewportGrid
-from rl_scaniqa.envs.features.cache import THUMBNAIL_SHAPE, FeatureCache, no_augmentations
+from rl_scaniqa.envs.features.cache import NO_CAP, THUMBNAIL_SHAPE, FeatureCache, no_augmentations
 
 
 def random_feature_cache(n_images: int = 4, *, grid: ViewportGrid | None = None, dim: int = 8,
@@ -18,7 +18,8 @@ def random_feature_cache(n_images: int = 4, *, grid: ViewportGrid | None = None,
     is U(0, 8) bits; SSIM is a symmetric matrix in [-0.2, 1] with unit diagonal; MOS is U(1, 5)
     on ``MosScale(1, 5)``; image ``k`` has reference ``f"ref{k % n_refs}"`` (default
     ``n_refs = max(2, n_images // 2)``, so reference splits work) and a dataset start viewport on
-    odd ``k`` (``-1``, none, on even ``k``). No augmented views.
+    odd ``k`` (``-1``, none, on even ``k``). No damaged caps (tests that need them replace
+    ``caps``) and no augmented views.
     """
     grid = grid or ViewportGrid()
     if n_images < 1 or dim < 1:
@@ -43,6 +44,7 @@ def random_feature_cache(n_images: int = 4, *, grid: ViewportGrid | None = None,
         distortions=["none"] * n_images,
         levels=np.zeros(n_images, dtype=np.int64),
         mos=rng.uniform(1.0, 5.0, n_images).astype(np.float32),
+        caps=np.full((n_images, 3), NO_CAP, dtype=np.float32),
         viewport_features=rng.normal(3.0, 2.0, (n_images, n_viewports, dim)).astype(np.float32),
         global_features=rng.normal(3.0, 2.0, (n_images, dim)).astype(np.float32),
         entropy=rng.uniform(0.0, 8.0, (n_images, n_viewports)).astype(np.float32),

@@ -1,0 +1,164 @@
+"""Where-to-look diagnostics: cap overlap, damage hit rate, distance profile, oracle agents."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from rl_scaniqa.agents.baselines import DamageOracleAgent, RandomPathAgent
+from rl_scaniqa.agents.damage import (
+    DISTANCE_BIN_EDGES,
+    HIT_FRACTION,
+    cap_distances,
+    cap_overlap,
+    damage_hit_rate,
+    distance_profile,
+    has_cap,
+    local_srcc,
+)
+from rl_scaniqa.agents.evaluation import Scanpaths, run_agent
+from rl_scaniqa.envs.data.geometry import ViewportGrid
+from rl_scaniqa.envs.features.random_cache import random_feature_cache
+
+GRID = ViewportGrid()
+FRONT = GRID.nearest(0.0, 0.0)
+N_PATHS, PATH_LENGTH = 3, 7
+
+
+def centre(viewport: int) -> tuple[float, float]:
+    yaw, pitch = GRID.centers_deg[viewport]
+    return float(yaw), float(pitch)
+
+
+def far_from(viewport: int, count: int) -> list[int]:
+    """Viewports whose centres lie more than 90° from ``viewport``'s: they see none of a small cap
+    around it (a 90° frustum reaches at most 54.7° from its centre, at the corners)."""
+    distances = cap_distances(GRID, np.array([[*centre(viewport), 1.0]]))[0]
+    far = [int(v) for v in np.flatnonzero(distances > 90.0) if v != FRONT]
+    assert len(far) >= count
+    return far[:count]
+
+
+def synth_like_cache(n_images: int = 12, seed: int = 7):
+    """A random cache whose first two thirds carry Synth360-like caps (radius 25-40°, centres off
+    the poles), the rest none, like global distortions and references."""
+    cache = random_feature_cache(n_images, grid=GRID, dim=8, seed=seed)
+    rng = np.random.default_rng(seed)
+    caps = np.full((n_images, 3), np.nan, dtype=np.float32)
+    local = (2 * n_images) // 3
+    caps[:local] = np.stack([rng.uniform(-180, 180, local), rng.uniform(-60, 60, local),
+                             rng.uniform(25, 40, local)], axis=1)
+    return dataclasses.replace(cache, caps=caps)
+
+
+def fake_scanpaths(paths: list[list[list[int]]]) -> Scanpaths:
+    array = np.asarray(paths, dtype=np.int64)
+    n, k, length = array.shape
+    return Scanpaths(image_indices=np.arange(n), paths=array,
+                     path_features=np.zeros((n, k, length, 1), np.float32),
+                     global_features=np.zeros((n, 1), np.float32), mos=np.zeros(n),
+                     mos_normalized=np.zeros(n), agent_seconds=0.0)
+
+
+def test_cap_overlap_of_a_small_cap_and_of_the_whole_sphere():
+    small = cap_overlap(GRID, np.array([[*centre(12), 10.0]]))[0]
+    assert small[12] == 1.0  # 10° around the centre lies well inside the 90° frustum
+    assert (small[far_from(12, 5)] == 0.0).all()
+    # A cap of radius 180° is the sphere: each viewport sees 2π/3 sr of 4π, a sixth of it.
+    whole = cap_overlap(GRID, np.array([[0.0, 0.0, 180.0]]))[0]
+    np.testing.assert_allclose(whole, 1 / 6, atol=0.01)
+    with pytest.raises(ValueError, match="NaN"):
+        cap_overlap(GRID, np.array([[np.nan, np.nan, np.nan]]))
+    with pytest.raises(ValueError, match="holds none"):
+        cap_overlap(GRID, np.array([[0.0, 0.0, 0.01]]))
+
+
+def test_damage_hit_rate_and_distance_profile_on_a_hand_computed_case():
+    a, b = 12, 3
+    fa, fb = far_from(a, 3), far_from(b, 3)
+    cache = random_feature_cache(3, grid=GRID, dim=8)
+    caps = np.array([[*centre(a), 10.0], [np.nan] * 3, [*centre(b), 10.0]], dtype=np.float32)
+    cache = dataclasses.replace(cache, caps=caps)
+    scanpaths = fake_scanpaths([
+        # Image 0: the cap's viewport is taken twice in 6 steps; the start (column 0) is no step,
+        # so starting on the cap's viewport counts for nothing.
+        [[a, a, fa[0], fa[1]], [a, fa[0], a, fa[2]]],
+        # Image 1 has no cap: its steps are not counted, whatever they are.
+        [[FRONT, a, b, 0], [FRONT, b, a, 1]],
+        # Image 2: 0 hits in 6 steps.
+        [[b, fb[0], fb[1], fb[2]], [FRONT, fb[2], fb[1], fb[0]]],
+    ])
+    assert damage_hit_rate(scanpaths, cache) == pytest.approx(2 / 12)
+    profile = distance_profile(scanpaths, cache)
+    assert profile.sum() == pytest.approx(1.0)
+    # The two hits sit 0° from the cap centre: 2 of the 12 steps in the first bin.
+    assert profile[0] == pytest.approx(2 / 12)
+    assert len(profile) == len(DISTANCE_BIN_EDGES) - 1
+    # Without caps there is nothing to measure.
+    plain = random_feature_cache(3, grid=GRID, dim=8)
+    assert math.isnan(damage_hit_rate(scanpaths, plain))
+    assert np.isnan(distance_profile(scanpaths, plain)).all()
+
+
+def test_local_srcc_uses_only_the_images_with_a_cap():
+    cache = synth_like_cache(12)
+    local = has_cap(cache)
+    predicted = np.where(local, cache.mos, -cache.mos)  # right order on local images only
+    assert local_srcc(cache, np.arange(12), predicted) == pytest.approx(1.0)
+    assert math.isnan(local_srcc(cache, np.arange(8, 12), predicted))  # no local image there
+
+
+@pytest.fixture(scope="module")
+def runs():
+    cache = synth_like_cache()
+    images = list(range(len(cache)))
+    options = {"n_paths": N_PATHS, "path_length": PATH_LENGTH, "seed": 0}
+    agents = {"oracle": DamageOracleAgent(GRID, seed=4),
+              "anti": DamageOracleAgent(GRID, least=True, seed=4),
+              "random": RandomPathAgent(seed=4)}
+    return cache, {name: run_agent(agent, cache, images, **options) for name, agent in agents.items()}
+
+
+def test_oracle_hits_as_often_as_possible_and_the_anti_oracle_never(runs):
+    cache, scanpaths = runs
+    local = np.flatnonzero(has_cap(cache))
+    overlap = cap_overlap(GRID, cache.caps[local])
+    # The most hits a path can hold: the viewports that see a quarter of the cap, less the
+    # start (visited before the first step), at most T of them.
+    hitting = (overlap >= HIT_FRACTION)
+    hitting[:, FRONT] = False
+    best = np.minimum(hitting.sum(axis=1), PATH_LENGTH).sum() / (len(local) * PATH_LENGTH)
+    oracle = damage_hit_rate(scanpaths["oracle"], cache)
+    random = damage_hit_rate(scanpaths["random"], cache)
+    assert oracle == pytest.approx(best)
+    assert oracle > 0.25 and oracle > 2 * random
+    assert damage_hit_rate(scanpaths["anti"], cache) == 0.0
+    # The oracle's first step is the viewport that sees most of the cap (unless it is the start).
+    first = scanpaths["oracle"].paths[local, 0, 1]
+    ranked = np.argsort(-overlap, axis=1, kind="stable")
+    expected = np.where(ranked[:, 0] == FRONT, ranked[:, 1], ranked[:, 0])
+    np.testing.assert_array_equal(overlap[np.arange(len(local)), first],
+                                  overlap[np.arange(len(local)), expected])
+
+
+def test_oracle_paths_respect_the_mask_and_fall_back_to_random_paths_without_a_cap(runs):
+    cache, scanpaths = runs
+    for name in ("oracle", "anti"):
+        paths = scanpaths[name].paths
+        for path in paths.reshape(-1, paths.shape[-1]):
+            assert len(set(path.tolist())) == len(path), f"{name} revisits in {path}"
+        without = ~has_cap(cache)
+        np.testing.assert_array_equal(paths[without], scanpaths["random"].paths[without])
+        assert not np.array_equal(paths[~without], scanpaths["random"].paths[~without])
+
+
+def test_oracle_refuses_another_grid_and_predict_before_begin_episodes(runs):
+    cache, _ = runs
+    with pytest.raises(ValueError, match="grid"):
+        DamageOracleAgent(ViewportGrid(n_lon=6, n_lat=3)).begin_episodes(np.arange(2), cache)
+    observation = {"visited": np.zeros(GRID.n_viewports, np.float32)}
+    with pytest.raises(RuntimeError, match="begin_episodes"):
+        DamageOracleAgent(GRID).predict(observation)
