@@ -17,6 +17,7 @@ Each subcommand has ``--help``. Heavy modules are imported inside the handlers s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--augment", default="",
                        help="comma-separated augmented views to cache too, e.g. weak,mild,heavy")
     cache.add_argument("--chunk-size", type=int, default=16, help="images per resumable chunk")
-    cache.add_argument("--workers", type=int, default=None,
+    cache.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                        help="processes computing chunks (default: one per CPU core; 1 = in-process; "
                             "DINOv2 backbones always run in-process)")
     cache.add_argument("--cache-dir", default=None, help="default: $RL_SCANIQA_HOME/cache")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,4 +66,5 @@ class DataArgs:
             name, folder or None, backbone=self.backbone, grid=self.grid(),
             augmentations=tuple(a for a in self.augmentations.split(",") if a),
             cache_dir=self.cache_dir or None, dataset_options=self.loader_options(name, options_text),
-            quick_default=quick_default, progress=progress)
+            # Scripts are guarded by ``if __name__ == "__main__"``: a pool is safe here.
+            quick_default=quick_default, progress=progress, workers=os.cpu_count() or 1)

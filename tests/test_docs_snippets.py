@@ -8,9 +8,14 @@ left it empty (they use ``random_feature_cache`` and never generate data).
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import pytest
 
 TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "rl_tutorial.md"
 # A block opens with ```python on its own line and closes with ``` on its own line.
@@ -52,3 +57,36 @@ def test_tutorial_snippets_run(tmp_path, monkeypatch, capsys):
     assert elapsed < TIME_LIMIT_S, f"tutorial snippets took {elapsed:.0f} s"
     assert not any(home.iterdir()), "the tutorial snippets should not generate data"
     assert "Discrete(32)" in capsys.readouterr().out
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_env_snippet() -> str:
+    """The README's "Use the environment" code block, as a user would copy it."""
+    text = README.read_text(encoding="utf-8")
+    block = BLOCK.search(text, text.index("## Use the environment"))
+    assert block is not None, "README.md lost its environment snippet"
+    return block.group(1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["script", "stdin"])
+def test_readme_snippet_runs_unguarded_on_an_empty_home(tmp_path, how):
+    # No `if __name__ == "__main__":` guard, as most people write it: the first gym.make builds
+    # the default data and must not start worker processes that re-run this script (they would
+    # wait forever on the data lock the parent holds, or fail to re-import stdin).
+    snippet = readme_env_snippet()
+    assert 'gym.make("Panorama360Env-v0")' in snippet
+    env = {**os.environ, "RL_SCANIQA_HOME": str(tmp_path / "home")}
+    if how == "script":
+        script = tmp_path / "t.py"
+        script.write_text(snippet + "print('stepped', reward)\n")
+        command, stdin = [sys.executable, str(script)], None
+    else:
+        command, stdin = [sys.executable, "-"], snippet + "print('stepped', reward)\n"
+    done = subprocess.run(command, input=stdin, env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stepped" in done.stdout
+    assert (tmp_path / "home" / "synth360-quick" / "labels.csv").is_file()

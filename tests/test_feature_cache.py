@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -499,3 +500,17 @@ def test_feature_stats_fit_on_train_indices_and_round_trip(built):
         FeatureStats.from_dict(broken)
     with pytest.raises(ValueError, match="at least one image"):
         FeatureStats.fit(cache, [])
+
+
+def test_a_pool_is_only_used_when_asked_for_and_safe(monkeypatch):
+    import types
+
+    from rl_scaniqa.envs.features import cache as cache_module
+
+    backbone = NSSBackbone()
+    assert cache_module._worker_count(1, backbone, missing=8) == 1  # the library default
+    assert cache_module._worker_count(4, backbone, missing=2) == 2
+    # Code read from stdin has no file to re-import in a spawned worker: one process instead.
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
+    with pytest.warns(UserWarning, match="one process"):
+        assert cache_module._worker_count(4, backbone, missing=8) == 1

@@ -72,8 +72,13 @@ concurrent builders of the same cache (vector-env workers, two CLI runs) wait an
 
 Parallel build
 --------------
-Missing chunks are computed by ``workers`` processes (default: one per CPU core, at most one per
-missing chunk), started with ``spawn`` because forking a process whose OpenCV or torch thread
+Missing chunks are computed by ``workers`` processes (at most one per missing chunk), started
+only where a caller asks for more than one: the library default is one, in this process. A
+spawned process re-imports the user's main module, so a plain call (``gym.make``, ``Scorer``)
+from an unguarded script must never start one; the scripts and the CLI, whose main modules are
+guarded, ask for one per CPU core. Where the main module cannot be re-imported (code read from
+standard input, an interactive session) the build falls back to one process with a warning.
+They are started with ``spawn`` because forking a process whose OpenCV or torch thread
 pools are running can deadlock the child. Each worker computes whole chunks single-threaded and
 writes each chunk file itself, atomically, exactly as the in-process build does; the parent
 validates, tracks progress per finished chunk, merges and holds the lock; workers exit as soon as
@@ -888,7 +893,7 @@ def _is_complete(path: Path, key: str, fingerprint: str) -> bool:
 
 def build_cache(records: Sequence[PanoramaRecord], backbone: Backbone, grid: ViewportGrid,
                 cache_dir: str | os.PathLike[str], *, dataset: str, augmentations: Sequence[str] = (),
-                chunk_size: int = 16, progress: bool = True, workers: int | None = None) -> Path:
+                chunk_size: int = 16, progress: bool = True, workers: int = 1) -> Path:
     """Build (or resume, or reuse) the feature cache of ``records`` and return its path.
 
     A complete file with the same key and fingerprint is returned as it is. Otherwise the images
@@ -898,8 +903,8 @@ def build_cache(records: Sequence[PanoramaRecord], backbone: Backbone, grid: Vie
     file ``.<stem>.lock`` beside the cache.
 
     ``workers`` processes compute the missing chunks (see "Parallel build" in the module
-    docstring): None is ``os.cpu_count()``, and never more than the missing chunks; 1 computes
-    them in this process. Backbones that are not ``parallel_safe`` always run in this process.
+    docstring), never more than the missing chunks; 1 (the default) computes them in this
+    process. Backbones that are not ``parallel_safe`` always run in this process.
 
     Raises:
         CacheError: no records, unknown augmented view, bad chunk size or worker count, or a
@@ -913,8 +918,8 @@ def build_cache(records: Sequence[PanoramaRecord], backbone: Backbone, grid: Vie
         raise CacheError(f"no images to cache for dataset {dataset!r}")
     if chunk_size < 1:
         raise CacheError(f"chunk_size must be at least 1, got {chunk_size}")
-    if workers is not None and workers < 1:
-        raise CacheError(f"workers must be at least 1 (or None for one per CPU core), got {workers}")
+    if workers < 1:
+        raise CacheError(f"workers must be at least 1, got {workers}")
     if min(grid.size, SSIM_RESOLUTION) < 2 * _SSIM_RADIUS + 1:
         raise CacheError(f"grid {grid.key()}: viewports must be at least {2 * _SSIM_RADIUS + 1} px for SSIM")
     fingerprint = dataset_fingerprint(records)
@@ -998,13 +1003,23 @@ def _exit_with_parent(sentinel: int) -> None:
     os._exit(1)
 
 
-def _worker_count(workers: int | None, backbone: Backbone, missing: int) -> int:
+def _worker_count(workers: int, backbone: Backbone, missing: int) -> int:
     """Processes to compute ``missing`` chunks with; 1 means in this process."""
     # A daemonic process (an SB3 SubprocVecEnv worker) is not allowed to start children.
-    if not backbone.parallel_safe or multiprocessing.current_process().daemon:
+    if workers <= 1 or not backbone.parallel_safe or multiprocessing.current_process().daemon:
         return 1
-    wanted = (os.cpu_count() or 1) if workers is None else workers
-    return max(1, min(wanted, missing))
+    if not main_module_reimportable():
+        warnings.warn("building the feature cache in one process: spawned workers would have to "
+                      "re-import the main module, which was not read from a file", stacklevel=4)
+        return 1
+    return max(1, min(workers, missing))
+
+
+def main_module_reimportable() -> bool:
+    """Whether spawned processes can re-import ``__main__`` (it was run from a file)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return path is not None and os.path.isfile(path)
 
 
 def _run_in_pool(jobs: Sequence[_ChunkJob], backbone: Backbone, workers: int,
@@ -1038,7 +1053,7 @@ def _run_in_pool(jobs: Sequence[_ChunkJob], backbone: Backbone, workers: int,
 
 def _build_chunks(records: list[PanoramaRecord], backbone: Backbone, grid: ViewportGrid,
                   views: tuple[str, ...], key: str, parts: Path, chunk_size: int, progress: bool,
-                  dataset: str, workers: int | None) -> list[Path]:
+                  dataset: str, workers: int) -> list[Path]:
     """Compute (or keep, when valid) every chunk file; returns them in index order."""
     image_ids = [_image_id(r) for r in records]
     v, d, a = grid.n_viewports, backbone.dim, len(views)
@@ -1098,7 +1113,7 @@ def _cache_metadata(records: Sequence[PanoramaRecord], backbone: Backbone, grid:
 
 def get_or_build_cache(records: Sequence[PanoramaRecord], backbone: Backbone, grid: ViewportGrid,
                        cache_dir: str | os.PathLike[str], *, dataset: str, augmentations: Sequence[str] = (),
-                       chunk_size: int = 16, progress: bool = True, workers: int | None = None) -> FeatureCache:
+                       chunk_size: int = 16, progress: bool = True, workers: int = 1) -> FeatureCache:
     """The feature cache of ``records``: loaded when an up-to-date one exists, else built first.
 
     Besides the backbone and grid, the stored dataset fingerprint and image ids are checked

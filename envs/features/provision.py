@@ -72,21 +72,22 @@ def _generate_default_dataset(root: Path, quick: bool, progress: bool) -> None:
 
 def _get_cache(root: Path, dataset: str, backbone: str, grid: ViewportGrid | None, cache_dir: Path,
                dataset_options: Mapping[str, Any], augmentations: Sequence[str],
-               progress: bool) -> FeatureCache:
+               progress: bool, workers: int) -> FeatureCache:
     from rl_scaniqa.envs.features.backbones import (
         make_backbone,  # may import torch: only when building
     )
 
     records = load_dataset(dataset, root, **dataset_options)
     return get_or_build_cache(records, make_backbone(backbone), grid or ViewportGrid(), cache_dir,
-                              dataset=dataset, augmentations=tuple(augmentations), progress=progress)
+                              dataset=dataset, augmentations=tuple(augmentations), progress=progress,
+                              workers=workers)
 
 
 def ensure_default_data(home: str | os.PathLike[str] | None = None, progress: bool = True, *,
                         backbone: str = "nss", grid: ViewportGrid | None = None,
                         cache_dir: str | os.PathLike[str] | None = None,
                         augmentations: Sequence[str] = (),
-                        quick: bool = True) -> tuple[Path, FeatureCache]:
+                        quick: bool = True, workers: int = 1) -> tuple[Path, FeatureCache]:
     """The default dataset's root and its feature cache, generating/building them on first use.
 
     Args:
@@ -98,6 +99,8 @@ def ensure_default_data(home: str | os.PathLike[str] | None = None, progress: bo
         augmentations: augmented views to cache as well (names of ``AUGMENTATION_VIEWS``).
         quick: the small Synth360 (60 images, ``<home>/synth360-quick``, what the env uses by
             default); ``False`` for the full one (520 images, ``<home>/synth360``).
+        workers: processes building the cache; the default 1 never starts any, which keeps an
+            unguarded user script safe (see "Parallel build" in ``envs.features.cache``).
     """
     home_path = _resolve_home(home)
     root = _default_root(home_path, quick)
@@ -105,7 +108,8 @@ def ensure_default_data(home: str | os.PathLike[str] | None = None, progress: bo
     with exclusive_lock(home_path / _LOCK_NAME):
         if not (root / "labels.csv").is_file():
             _generate_default_dataset(root, quick, progress)
-        cache = _get_cache(root, DEFAULT_DATASET, backbone, grid, caches, {}, augmentations, progress)
+        cache = _get_cache(root, DEFAULT_DATASET, backbone, grid, caches, {}, augmentations, progress,
+                           workers)
     return root, cache
 
 
@@ -115,13 +119,15 @@ def prepare_feature_cache(dataset: str, root: str | os.PathLike[str] | None, *,
                           cache_dir: str | os.PathLike[str] | None = None,
                           dataset_options: Mapping[str, Any] | None = None,
                           home: str | os.PathLike[str] | None = None,
-                          quick_default: bool = True, progress: bool = True) -> FeatureCache:
+                          quick_default: bool = True, progress: bool = True,
+                          workers: int = 1) -> FeatureCache:
     """The feature cache for these arguments (what ``Panorama360Env`` uses), built if missing.
 
     ``root=None`` means the default data (only for ``dataset="synth360"``; ``quick_default``
     picks the small or the full Synth360, see :func:`ensure_default_data`); otherwise the dataset
     at ``root`` is loaded with ``load_dataset(dataset, root, **dataset_options)`` and its cache
-    is built in ``cache_dir`` (default ``<home>/cache``; the builder locks each cache file).
+    is built in ``cache_dir`` (default ``<home>/cache``; the builder locks each cache file)
+    by ``workers`` processes (default 1: this one).
     """
     if root is None:
         if dataset != DEFAULT_DATASET:
@@ -131,7 +137,8 @@ def prepare_feature_cache(dataset: str, root: str | os.PathLike[str] | None, *,
             raise ValueError("dataset_options apply to a dataset given by root=; the default "
                              f"{DEFAULT_DATASET!r} data takes none")
         return ensure_default_data(home, progress, backbone=backbone, grid=grid, cache_dir=cache_dir,
-                                   augmentations=augmentations, quick=quick_default)[1]
+                                   augmentations=augmentations, quick=quick_default,
+                                   workers=workers)[1]
     caches = Path(cache_dir) if cache_dir is not None else _resolve_home(home) / CACHE_FOLDER
     return _get_cache(Path(root), dataset, backbone, grid, caches, dict(dataset_options or {}),
-                      augmentations, progress)
+                      augmentations, progress, workers)
