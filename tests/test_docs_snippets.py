@@ -1,4 +1,5 @@
-"""Every ```python block of docs/rl_tutorial.md runs, in order, in one namespace.
+"""Every ```python block of docs/rl_tutorial.md runs, in order, in one namespace; and the module
+map of docs/architecture.md lists exactly the library's modules.
 
 The tutorial promises that its code works as written; this test keeps that promise. Blocks are
 compiled with their line numbers in the Markdown file, so a failure points at the doc line.
@@ -17,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
-TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "rl_tutorial.md"
+REPO = Path(__file__).resolve().parents[1]
+TUTORIAL = REPO / "docs" / "rl_tutorial.md"
+ARCHITECTURE = REPO / "docs" / "architecture.md"
+README = REPO / "README.md"
 # A block opens with ```python on its own line and closes with ``` on its own line.
 BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 #: The tutorial must stay a quick read-and-run; the whole file finishes well within this.
@@ -59,9 +63,6 @@ def test_tutorial_snippets_run(tmp_path, monkeypatch, capsys):
     assert "Discrete(32)" in capsys.readouterr().out
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
 def readme_env_snippet() -> str:
     """The README's "Use the environment" code block, as a user would copy it."""
     text = README.read_text(encoding="utf-8")
@@ -90,3 +91,30 @@ def test_readme_snippet_runs_unguarded_on_an_empty_home(tmp_path, how):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "stepped" in done.stdout
     assert (tmp_path / "home" / "synth360-quick" / "labels.csv").is_file()
+
+
+def module_map_files(path: Path = ARCHITECTURE) -> list[str]:
+    """Files in the "Module map" table's first column (``c.py`` after ``a/b.py``: ``a/c.py``)."""
+    text = path.read_text(encoding="utf-8")
+    files = []
+    for line in text[text.index("## Module map"):].splitlines():
+        if not line.startswith("| `"):
+            continue
+        folder = ""
+        for name in re.findall(r"`([^`]+\.py)`", line.split(" | ")[0]):
+            if "/" in name:
+                folder = name.rpartition("/")[0]
+                files.append(name)
+            else:
+                files.append(f"{folder}/{name}")
+    return files
+
+
+def test_architecture_module_map_matches_the_tree():
+    listed = module_map_files()
+    missing = sorted(name for name in listed if not (REPO / name).is_file())
+    assert not missing, f"docs/architecture.md lists files that do not exist: {missing}"
+    library = {path.relative_to(REPO).as_posix() for folder in ("envs", "agents", "assessor")
+               for path in (REPO / folder).rglob("*.py")}
+    unlisted = sorted(library - set(listed))
+    assert not unlisted, f"docs/architecture.md's module map misses: {unlisted}"
