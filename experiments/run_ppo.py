@@ -165,14 +165,17 @@ class LiveDisplay:
 
     def __init__(self, total: int, done: int, enabled: bool):
         self.enabled = enabled
+        # On stderr, like every display: stdout carries only the results (one JSON line with --json).
+        console = Console(stderr=True)
         self.progress = Progress(TextColumn("PPO"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[rate]} steps/s"), TextColumn("eta"),
-                                 TimeRemainingColumn())
+                                 TimeRemainingColumn(), console=console)
         self.task = self.progress.add_task("train", total=total, completed=done, rate="–")
         self.stats: dict[str, Any] = {}
         self.started = time.perf_counter()
         self.start_steps = done
-        self.live = Live(self._render(), refresh_per_second=2, transient=False) if enabled else None
+        self.live = (Live(self._render(), console=console, refresh_per_second=2, transient=False)
+                     if enabled else None)
 
     def _render(self) -> Group:
         table = Table(show_header=False, box=None, pad_edge=False)

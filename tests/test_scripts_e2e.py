@@ -108,8 +108,9 @@ def test_run_ppo_resumes_a_killed_run(tiny_synth, tmp_path):
     killed_at = checkpoint["num_timesteps"]
     assert 0 < killed_at < 4800 and checkpoint["wall_seconds"] > 0
 
+    # With the live display on: it must go to stderr, leaving stdout to the JSON.
     resume = [sys.executable, str(REPO / "experiments" / "run_ppo.py"), "--resume", str(out),
-              "--json", "--no-progress"]
+              "--json", "--progress"]
     # An option unlike the run's own is refused, not silently ignored.
     differing = subprocess.run([*resume, "--eval-paths", "3"], env=child_env(tmp_path),
                                capture_output=True, text=True, timeout=120)
@@ -119,8 +120,10 @@ def test_run_ppo_resumes_a_killed_run(tiny_synth, tmp_path):
     resumed = subprocess.run(resume, env=child_env(tmp_path), capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
-    assert summary["n_test_images"] > 0
+    lines = [line for line in resumed.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, resumed.stdout[-2000:]
+    summary = json.loads(lines[0])
+    assert summary["n_test_images"] > 0 and "PPO" in resumed.stderr
     # The killed process's time counts in the run's wall time.
     assert summary["wall_seconds"] > checkpoint["wall_seconds"]
     assert json.loads(progress_file.read_text())["num_timesteps"] == 4800
