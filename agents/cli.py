@@ -38,6 +38,52 @@ def parse_option(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def device_arg(text: str) -> str:
+    """argparse type of ``--device``: a device this machine has (see ``check_device``)."""
+    from rl_scaniqa.envs.features.backbones import check_device
+
+    try:
+        return check_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of ``--seed``: an integer >= 0 (NumPy's generators refuse negative seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def csv_arg(text: str) -> str:
+    """argparse type of ``--csv``: a file to write, not an existing folder.
+
+    Checked here because the table is only moved into place after every image was scored: a
+    folder there used to cost the whole run and then write nothing.
+    """
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; name the CSV file to write, "
+                                         f"e.g. {Path(text) / 'scores.csv'}")
+    return text
+
+
+def plot_arg(text: str) -> str:
+    """argparse type of ``--plot``: a folder to write into (created if missing), not a file.
+
+    There is no overwrite flag: the PNGs go *into* the folder, so an existing file there can
+    only be a mistake, and replacing it with a folder would destroy it.
+    """
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder; --plot writes one "
+                                         "PNG per image into a folder")
+    return text
+
+
 def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-lon", type=int, default=ViewportGrid.n_lon,
                         help="viewport columns (default %(default)s)")
@@ -104,6 +150,8 @@ def run_score(args: argparse.Namespace) -> int:
 
     scorer = Scorer.from_pretrained(args.model, backbone=args.backbone, device=args.device,
                                     k=args.k, t=args.t, seed=args.seed)
+    # Before any image is read or any output is opened: a --k / --batch-size too big for memory.
+    scorer.check_memory(args.batch_size)
     images = find_images(args.paths)
     if not images:
         print(f"rl-scaniqa score: no images found in {' '.join(args.paths)}", file=sys.stderr)
@@ -152,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="KEY=VALUE", help="loader option, repeatable (e.g. condition=good-15s)")
     cache.add_argument("--backbone", default="nss",
                        help="nss (default, offline), dinov2[:MODEL_OR_DIR], nss+dinov2[:MODEL_OR_DIR]")
-    cache.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    cache.add_argument("--device", type=device_arg, default="auto",
+                       help="auto, cpu, cuda, cuda:1, ...")
     cache.add_argument("--batch-size", type=int, default=32)
     _add_grid_arguments(cache)
     cache.add_argument("--augment", default="",
@@ -183,12 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--t", type=int, default=None,
                        help="steps per path (default: the model's, 7); 1..V-1, scores drift as T moves "
                             "away from the trained value")
-    score.add_argument("--seed", type=int, default=0, help="seed of the path sampling")
+    score.add_argument("--seed", type=seed_arg, default=0, help="seed of the path sampling (>= 0)")
     score.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
-    score.add_argument("--csv", default=None, metavar="OUT", help="also write a CSV table to OUT")
-    score.add_argument("--plot", default=None, metavar="DIR",
+    score.add_argument("--csv", type=csv_arg, default=None, metavar="OUT",
+                       help="also write a CSV table to the file OUT")
+    score.add_argument("--plot", type=plot_arg, default=None, metavar="DIR",
                        help="write one PNG per image into DIR: the panorama with its K paths drawn")
-    score.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    score.add_argument("--device", type=device_arg, default="auto",
+                       help="auto, cpu, cuda, cuda:1, ...")
     score.add_argument("--batch-size", type=int, default=8, help="images per policy/assessor batch")
     score.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     score.set_defaults(handler=run_score)

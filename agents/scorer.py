@@ -48,6 +48,31 @@ K and T
 values run; T must stay between 1 and V - 1 so that the viewports of a path stay distinct, and
 scores drift as T moves away from the value the model was trained with.
 
+What it refuses
+---------------
+An ERP narrower than :meth:`Scorer.min_erp_width` (derived from the grid: a viewport of ``size``
+pixels over ``fov`` degrees would need more than :data:`MAX_UPSAMPLING` viewport pixels per ERP
+pixel, i.e. it would be made of interpolation rather than image content) is refused with an
+:class:`~rl_scaniqa.envs.errors.ImageError` naming the file. :meth:`Scorer.check_memory`
+refuses a K x T x batch whose scanpath arrays cannot fit in the memory available.
+
+Inputs
+------
+A file path, an ERP array (as :func:`as_erp_array` takes), or a torch tensor as pyiqa users pass
+it: float, values in 0..1, ``(3, H, W)`` for one image or ``(N, 3, H, W)`` for a batch
+(:meth:`Scorer.score` returns one result per image of a batch).
+
+Out-of-distribution flag
+------------------------
+Every result carries ``ood_distance``: the standardised RMS distance of the image's global
+feature from the model's training features (the diagonal Mahalanobis distance over sqrt(D), see
+:meth:`~rl_scaniqa.envs.features.cache.FeatureStats.global_distance`); about 1 for a typical
+training image. ``ood`` is True above :func:`ood_threshold`: the distance under which a training
+image falls with probability :data:`OOD_QUANTILE` if its standardised features were independent
+Gaussians, so that D * distance**2 is chi-square with D degrees of freedom. The model stores only
+per-dimension statistics, not its training features, so the threshold is derived, not fitted; a
+flagged image lies far from everything the model was trained on, and its score means little.
+
 Streaming
 ---------
 :meth:`Scorer.score_many` overlaps work in two threads: a reader thread decodes and projects
@@ -64,6 +89,7 @@ import contextlib
 import csv
 import dataclasses
 import json
+import math
 import os
 import queue
 import threading
@@ -72,11 +98,12 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, overload
 
 import cv2
 import numpy as np
 import torch
+from scipy.stats import chi2
 
 from rl_scaniqa.agents.evaluation import SeededPolicyAgent, run_agent, score_scanpaths
 from rl_scaniqa.agents.policy import ScanpathPolicy
@@ -91,7 +118,7 @@ from rl_scaniqa.envs.data.imageio import (
     read_erp,
     write_image,
 )
-from rl_scaniqa.envs.errors import RLScanIQAError
+from rl_scaniqa.envs.errors import ImageError, RLScanIQAError
 from rl_scaniqa.envs.features.backbones import Backbone, make_backbone, resolve_device
 from rl_scaniqa.envs.features.cache import (
     NO_CAP,
@@ -108,13 +135,18 @@ from rl_scaniqa.envs.storage import atomic_path, json_line
 __all__ = [
     "CSV_COLUMNS",
     "DEFAULT_MODEL_DIR",
+    "MAX_UPSAMPLING",
+    "OOD_QUANTILE",
     "PREVIEW_SHAPE",
     "STAGES",
     "ImageSource",
     "ScoreResult",
     "Scorer",
     "ScorerError",
+    "available_memory",
     "find_images",
+    "ood_threshold",
+    "tensor_to_erp",
     "write_score_outputs",
 ]
 
@@ -125,9 +157,68 @@ PREVIEW_SHAPE = (512, 1024)
 #: Stages timed on every :class:`ScoreResult` (``timings``), in pipeline order.
 STAGES = ("decode_ms", "project_ms", "features_ms", "policy_ms", "assessor_ms")
 #: Columns of the ``--csv`` table (``paths`` as compact JSON, ``error`` empty when it worked).
-CSV_COLUMNS = ("path", "score", "std", "paths", "error")
-#: What can be scored: an image file, or an in-memory ERP array (as :func:`as_erp_array` takes).
-ImageSource = str | os.PathLike | np.ndarray
+CSV_COLUMNS = ("path", "score", "std", "ood_distance", "ood", "paths", "error")
+#: What can be scored: an image file, an in-memory ERP array (as :func:`as_erp_array` takes), or
+#: a float tensor (3, H, W) in 0..1 (:func:`tensor_to_erp`).
+ImageSource = str | os.PathLike | np.ndarray | torch.Tensor
+#: Most viewport pixels per ERP pixel (along a line through a viewport's centre) that an image
+#: may need: at 2, half the viewport's detail is already interpolated. An ERP of W pixels holds
+#: W / 360 pixels per degree, a viewport size / fov, hence the minimum width
+#: 360 * size / (fov * MAX_UPSAMPLING) (448 px for the default 224 px, 90 degree grid).
+MAX_UPSAMPLING = 2.0
+#: Share of training-like images whose ``ood_distance`` lies below :func:`ood_threshold`.
+OOD_QUANTILE = 0.99
+
+
+def ood_threshold(dim: int, quantile: float = OOD_QUANTILE) -> float:
+    """The ``ood_distance`` under which a training image falls with probability ``quantile``.
+
+    Under the Gaussian assumption of the module docstring, D * distance**2 is chi-square with D
+    degrees of freedom, so the threshold is sqrt(chi2.ppf(quantile, D) / D): 1.17 for D = 86
+    (the NSS features), closer to 1 as D grows.
+    """
+    return math.sqrt(float(chi2.ppf(quantile, dim)) / dim)
+
+
+def available_memory() -> int | None:
+    """Bytes of physical memory free now (``os.sysconf``), or None where the OS cannot say.
+
+    ``SC_AVPHYS_PAGES`` (Linux) counts free pages only, not reclaimable page cache, so it errs on
+    the safe side; platforms without it (macOS) fall back to the total physical memory, and
+    those without ``os.sysconf`` (Windows) skip the check.
+    """
+    for pages in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES"):
+        try:
+            return int(os.sysconf(pages)) * int(os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):
+            continue
+    return None
+
+
+def tensor_to_erp(tensor: torch.Tensor, name: str = "<tensor>") -> np.ndarray:
+    """A float tensor ``(3, H, W)`` with values in 0..1 (pyiqa's layout) as a ``uint8`` RGB ERP.
+
+    Values are scaled by 255 and rounded, the inverse of torchvision's ``to_tensor``; the
+    result then goes through :func:`as_erp_array` like any array (the 2:1 check included).
+
+    Raises:
+        ImageError: naming ``name``, for another shape or dtype, or values outside 0..1 (a
+            tensor in 0..255, or normalised with ImageNet's mean and std, would score garbage).
+    """
+    if tensor.ndim != 3 or tensor.shape[0] != 3:
+        raise ImageError(f"{name}: expected a tensor of shape (3, H, W) or (N, 3, H, W), got "
+                         f"{tuple(tensor.shape)}")
+    if not tensor.is_floating_point():
+        raise ImageError(f"{name}: expected a float tensor with values in 0..1, got {tensor.dtype}")
+    values = tensor.detach().to("cpu", torch.float32)
+    if not bool(torch.isfinite(values).all()):
+        raise ImageError(f"{name}: tensor holds NaN or infinite values")
+    low, high = float(values.min()), float(values.max())
+    if low < 0.0 or high > 1.0:
+        raise ImageError(f"{name}: tensor values must lie in 0..1 (RGB, not normalised), got "
+                         f"{low:.4g}..{high:.4g}")
+    pixels = (values * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return as_erp_array(np.ascontiguousarray(pixels), name)
 
 
 class ScorerError(RLScanIQAError, ValueError):
@@ -144,6 +235,10 @@ class ScoreResult:
         std: standard deviation of the K path scores, in MOS units; None on error.
         paths: the K scanpaths, each a list of L = T + 1 viewport indices of the model's grid
             (index 0 is the start viewport); empty on error.
+        ood_distance: standardised RMS distance of the image's global feature from the model's
+            training features (about 1 for a training image); None on error.
+        ood: True when ``ood_distance`` exceeds :func:`ood_threshold`, i.e. the image lies
+            outside what the model was trained on and its score means little; None on error.
         error: why the image could not be scored, or None.
         timings: milliseconds spent on this image per stage (:data:`STAGES`; the batched policy
             and assessor stages are shared equally between the images of a batch; a failed image
@@ -155,6 +250,8 @@ class ScoreResult:
     score: float | None
     std: float | None
     paths: list[list[int]]
+    ood_distance: float | None = None
+    ood: bool | None = None
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     preview: np.ndarray | None = field(default=None, repr=False)
@@ -165,8 +262,10 @@ class ScoreResult:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON record: ``path``, ``score``, ``std``, ``paths``, and ``error`` if it failed."""
+        """The JSON record: ``path``, ``score``, ``std``, ``ood_distance``, ``ood``, ``paths``,
+        and ``error`` if it failed."""
         record: dict[str, Any] = {"path": self.path, "score": self.score, "std": self.std,
+                                  "ood_distance": self.ood_distance, "ood": self.ood,
                                   "paths": self.paths}
         if self.error is not None:
             record["error"] = self.error
@@ -252,8 +351,9 @@ class Scorer:
         source: where the model came from, for messages.
 
     Raises:
-        ScorerError: the backbone's feature dimension is not the model's, ``k`` < 1, or ``t``
-            outside 1..V-1.
+        ScorerError: the backbone's feature dimension is not the model's, ``k`` < 1, ``t``
+            outside 1..V-1, or ``k`` too large for the memory of even one image
+            (:meth:`check_memory`).
     """
 
     def __init__(self, model: ScanIQAModel, backbone: Backbone, *, k: int | None = None,
@@ -281,7 +381,40 @@ class Scorer:
         self.backbone = backbone
         self.seed = int(seed)
         self.source = source
+        # Before the policy is built for this K: an absurd K (10**9) fails here, not in numpy.
+        self.check_memory(1)
         self.policy = self._policy_for(self.path_length)
+        self.ood_threshold = ood_threshold(expected_dim)
+
+    @property
+    def min_erp_width(self) -> int:
+        """Narrowest ERP (pixels) the grid's viewports can be rendered from (:data:`MAX_UPSAMPLING`)."""
+        grid = self.model.grid
+        return math.ceil(360.0 * grid.size / (grid.fov_deg * MAX_UPSAMPLING))
+
+    def memory_need(self, batch_size: int) -> int:
+        """Bytes of the scanpath arrays of one policy batch of ``batch_size`` images.
+
+        Per image, the harness keeps K paths of L = T + 1 viewport indices (int64) and their
+        float32 features (K x L x D), and the assessor repeats the global feature per path
+        (K x D float32). Everything else (the backbone, the V x D observations) does not grow
+        with K, so this is what an oversized ``k`` or ``batch_size`` would exhaust.
+        """
+        dim, length = self.model.assessor.config.feature_dim, self.path_length + 1
+        return batch_size * self.n_paths * (length * (8 + 4 * dim) + 4 * dim)
+
+    def check_memory(self, batch_size: int) -> None:
+        """Refuse a ``batch_size`` x K x T whose scanpath arrays exceed :func:`available_memory`.
+
+        Raises:
+            ScorerError: naming K, T, the batch size and both amounts.
+        """
+        need, free = self.memory_need(batch_size), available_memory()
+        if free is not None and need > free:
+            raise ScorerError(
+                f"k={self.n_paths} paths of t={self.path_length} steps for a batch of "
+                f"{batch_size} image(s) need {need / 2**30:.3g} GiB of scanpath arrays, but only "
+                f"{free / 2**30:.3g} GiB of memory is free; lower --k or --batch-size")
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike[str] | None = None, *,
@@ -325,18 +458,35 @@ class Scorer:
 
     # ------------------------------------------------------------------ single images
 
-    def score(self, image: ImageSource, *, preview: bool = False) -> ScoreResult:
-        """Score one panorama (a file or an ERP array) in the calling thread.
+    @overload
+    def score(self, image: str | os.PathLike | np.ndarray, *,
+              preview: bool = False) -> ScoreResult: ...
 
+    @overload
+    def score(self, image: torch.Tensor, *,
+              preview: bool = False) -> ScoreResult | list[ScoreResult]: ...
+
+    def score(self, image: ImageSource, *,
+              preview: bool = False) -> ScoreResult | list[ScoreResult]:
+        """Score one panorama in the calling thread, or each image of a batch tensor.
+
+        ``image`` is a file, an ERP array, a float tensor ``(3, H, W)`` in 0..1 (one result) or
+        ``(N, 3, H, W)`` (a list of N results, in order, scored as one policy batch).
         ``preview=True`` keeps a :data:`PREVIEW_SHAPE` copy of the ERP for :meth:`draw`.
 
         Raises:
-            ImageError: the file is missing, unreadable, truncated or not a 2:1 ERP.
+            ImageError: the file is missing, unreadable, truncated, not a 2:1 ERP or narrower
+                than :attr:`min_erp_width`; a tensor of another shape or dtype or outside 0..1.
             CacheError: the backbone produced NaN/inf features.
         """
+        if isinstance(image, torch.Tensor) and image.ndim == 4:
+            images: list[ImageSource] = list(image.unbind(0))
+            names = [f"<tensor[{i}]>" for i in range(len(images))]
+            encoded = [self._encode(self._prepare(item, preview, raise_errors=True, name=name),
+                                    raise_errors=True) for item, name in zip(images, names)]
+            return self._score_batch(encoded)
         prepared = self._prepare(image, preview, raise_errors=True)
-        encoded = self._encode(prepared, raise_errors=True)
-        return self._score_batch([encoded])[0]
+        return self._score_batch([self._encode(prepared, raise_errors=True)])[0]
 
     def draw(self, result: ScoreResult, erp: np.ndarray | None = None) -> np.ndarray:
         """The result's K paths and score drawn on the panorama, ``uint8 (512, 1024, 3)`` RGB.
@@ -374,7 +524,8 @@ class Scorer:
         the reader.
 
         Args:
-            images: files or ERP arrays (:func:`find_images` expands folders).
+            images: files, ERP arrays or (3, H, W) tensors (:func:`find_images` expands
+                folders).
             batch_size: most images per policy/assessor batch.
             queue_size: most projected images waiting between the threads.
             progress: show a progress bar (count, rate, ETA).
@@ -382,11 +533,13 @@ class Scorer:
                 :meth:`draw`).
 
         Raises:
-            ScorerError: ``batch_size`` or ``queue_size`` below 1 (when iteration starts).
+            ScorerError: ``batch_size`` or ``queue_size`` below 1, or a batch too large for
+                memory (:meth:`check_memory`), when iteration starts.
         """
         if batch_size < 1 or queue_size < 1:
             raise ScorerError(f"batch_size and queue_size must be positive, got {batch_size} "
                               f"and {queue_size}")
+        self.check_memory(batch_size)
         total = len(images) if isinstance(images, Sequence) else None
         handoff: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=queue_size)
         stop = threading.Event()
@@ -440,13 +593,22 @@ class Scorer:
 
     # ------------------------------------------------------------------ stages
 
-    def _prepare(self, image: ImageSource, preview: bool, *, raise_errors: bool) -> _Prepared:
+    def _prepare(self, image: ImageSource, preview: bool, *, raise_errors: bool,
+                 name: str | None = None) -> _Prepared:
         """Decode (or validate) and project one image; failures become the result's error."""
-        name = "<array>" if isinstance(image, np.ndarray) else str(image)
+        if name is None:
+            name = ("<array>" if isinstance(image, np.ndarray)
+                    else "<tensor>" if isinstance(image, torch.Tensor) else str(image))
         timings: dict[str, float] = {}
         try:
             start = time.perf_counter()
-            erp = as_erp_array(image) if isinstance(image, np.ndarray) else read_erp(image)
+            if isinstance(image, np.ndarray):
+                erp = as_erp_array(image, name)
+            elif isinstance(image, torch.Tensor):
+                erp = tensor_to_erp(image, name)
+            else:
+                erp = read_erp(image)
+            self._check_size(erp, name)
             timings["decode_ms"] = _elapsed_ms(start)
             start = time.perf_counter()
             projected = project_image(erp, self.model.grid)
@@ -498,15 +660,28 @@ class Scorer:
                 results.append(ScoreResult(path=item.name, score=None, std=None, paths=[],
                                            error=item.error, timings=item.timings))
                 continue
+            distance = self.model.feature_stats.global_distance(item.row["global_features"])
             results.append(ScoreResult(
                 path=item.name, score=float(scale.denormalize(float(means[row]))),
                 std=float(stds[row]) * scale.span, paths=scanpaths.paths[row].tolist(),
+                ood_distance=distance, ood=distance > self.ood_threshold,
                 timings={**item.timings, "policy_ms": policy_ms, "assessor_ms": assessor_ms},
                 preview=item.preview))
             row += 1
         return results
 
     # ------------------------------------------------------------------ helpers
+
+    def _check_size(self, erp: np.ndarray, name: str) -> None:
+        """Refuse an ERP too small for the grid's viewports (see :data:`MAX_UPSAMPLING`)."""
+        height, width = erp.shape[:2]
+        if width < self.min_erp_width:
+            grid = self.model.grid
+            raise ImageError(
+                f"{name}: ERP of {width}x{height} pixels is too small for the model's "
+                f"{grid.size} px viewports of {grid.fov_deg:g} degrees; they need at least "
+                f"{self.min_erp_width}x{math.ceil(self.min_erp_width / 2)} (at most "
+                f"{MAX_UPSAMPLING:g} viewport pixels per ERP pixel)")
 
     def _policy_for(self, path_length: int) -> ScanpathPolicy:
         """The model's policy with an observation space for ``path_length`` steps.
@@ -574,9 +749,10 @@ def write_score_outputs(results: Iterable[ScoreResult], scorer: Scorer, *,
         csv_path: a CSV table with :data:`CSV_COLUMNS`, streamed to a temporary file that
             replaces ``csv_path`` once every image is done.
         plot_dir: one PNG per scored image, the ERP with its K paths drawn (:meth:`Scorer.draw`).
-        table: print a rich table of path, score, std and error at the end.
+        table: print a rich table of path, score, std, ood distance and flag, and error at
+            the end.
     """
-    rows: list[tuple[str, str, str, str]] = []
+    rows: list[tuple[str, str, str, str, str, str]] = []
     taken: set[str] = set()
     scored = failed = 0
     plots = Path(plot_dir) if plot_dir is not None else None
@@ -596,6 +772,8 @@ def write_score_outputs(results: Iterable[ScoreResult], scorer: Scorer, *,
                 json_stream.flush()
             if writer is not None:
                 writer.writerow([result.path, _cell(result.score), _cell(result.std),
+                                 _cell(result.ood_distance),
+                                 "" if result.ood is None else str(result.ood).lower(),
                                  json.dumps(result.paths, separators=(",", ":")),
                                  result.error or ""])
             if plots is not None and result.ok:
@@ -604,6 +782,7 @@ def write_score_outputs(results: Iterable[ScoreResult], scorer: Scorer, *,
                 # The path is in the row already: the error cell keeps only the problem.
                 problem = (result.error or "").removeprefix(f"{result.path}: ")
                 rows.append((result.path, _cell(result.score, ".3f"), _cell(result.std, ".3f"),
+                             _cell(result.ood_distance, ".2f"), "yes" if result.ood else "",
                              problem))
     if table:
         from rich.console import Console
@@ -611,11 +790,15 @@ def write_score_outputs(results: Iterable[ScoreResult], scorer: Scorer, *,
 
         scale = scorer.model.mos_scale
         view = Table(title=f"RL-ScanIQA scores (MOS scale {scale.low:g}..{scale.high:g}, higher "
-                           f"is better; K={scorer.n_paths}, T={scorer.path_length})")
+                           f"is better; K={scorer.n_paths}, T={scorer.path_length}; ood above "
+                           f"{scorer.ood_threshold:.2f})")
         # Paths and errors fold onto more lines rather than being cut: they identify a row.
         view.add_column("path", overflow="fold")
         view.add_column("score", justify="right", no_wrap=True)
         view.add_column("std", justify="right", no_wrap=True)
+        # A distance above the threshold says the score means little: the title gives the bound.
+        view.add_column("ood dist", justify="right", no_wrap=True)
+        view.add_column("ood", no_wrap=True)
         view.add_column("error", overflow="fold")
         for row in rows:
             view.add_row(*row)

@@ -94,7 +94,10 @@ def test_scores_a_panorama_end_to_end(scorer: Scorer, tmp_path: Path) -> None:
         assert len(set(path_)) == T + 1 and all(0 <= v < GRID.n_viewports for v in path_)
     assert tuple(result.timings) == STAGES and all(v >= 0.0 for v in result.timings.values())
     assert result.to_dict() == {"path": str(path), "score": result.score, "std": result.std,
+                                "ood_distance": result.ood_distance, "ood": result.ood,
                                 "paths": result.paths}
+    assert result.ood_distance is not None and result.ood_distance > 0.0
+    assert result.ood is (result.ood_distance > scorer.ood_threshold)
 
 
 def test_score_is_the_assessor_mean_on_the_mos_scale(scorer: Scorer,
@@ -219,7 +222,8 @@ def test_cli_json_csv_and_plots(model_dir: Path, folder: Path, tmp_path: Path,
     good = [r for r in records if "error" not in r]
     assert len(good) == 2
     for record in good:
-        assert set(record) == {"path", "score", "std", "paths"}
+        assert set(record) == {"path", "score", "std", "ood_distance", "ood", "paths"}
+        assert record["ood_distance"] > 0.0 and isinstance(record["ood"], bool)
         assert len(record["paths"]) == K and len(record["paths"][0]) == T + 1
     assert all(r["score"] is None and r["error"] for r in records if "error" in r)
 
@@ -229,7 +233,9 @@ def test_cli_json_csv_and_plots(model_dir: Path, folder: Path, tmp_path: Path,
     assert [Path(r["path"]).name for r in rows] == ["a.png", "broken.png", "square.png", "c.jpg"]
     assert float(rows[0]["score"]) == pytest.approx(records[0]["score"])
     assert json.loads(rows[0]["paths"]) == records[0]["paths"]
-    assert rows[1]["score"] == "" and rows[1]["error"]
+    assert float(rows[0]["ood_distance"]) == pytest.approx(records[0]["ood_distance"])
+    assert rows[0]["ood"] == str(records[0]["ood"]).lower()
+    assert rows[1]["score"] == "" and rows[1]["error"] and rows[1]["ood"] == ""
     assert not list(tmp_path.glob("*.tmp*"))
     assert sorted(p.name for p in plots.iterdir()) == ["a.png", "c.png"]
     assert cv2.imread(str(plots / "a.png")).shape == (*PREVIEW_SHAPE, 3)
@@ -242,7 +248,7 @@ def test_cli_table_and_exit_codes(model_dir: Path, tmp_path: Path,
     assert main(["score", str(path), "--model", str(model_dir), "--device", "cpu", "--no-progress",
                  "--k", "2", "--t", "3"]) == 0
     out = capsys.readouterr().out
-    assert "one.png" in out and "K=2, T=3" in out
+    assert "one.png" in out and "K=2, T=3" in out and "ood dist" in out
     assert main(["score", str(tmp_path / "empty-folder-does-not-exist"), "--model", str(model_dir),
                  "--device", "cpu", "--json"]) != 0
     assert "file not found" in capsys.readouterr().out

@@ -36,6 +36,7 @@ __all__ = [
     "DinoV2Backbone",
     "FusionBackbone",
     "NSSBackbone",
+    "check_device",
     "global_view",
     "grey_entropy",
     "make_backbone",
@@ -56,6 +57,42 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+#: Device types a backbone or policy can run on; torch knows more (``meta``, ``xla``, ...), but
+#: none of them can run this package's models.
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device(device: str) -> str:
+    """``device`` unchanged when it names a device this machine has; else a ``ValueError``.
+
+    ``"auto"`` always passes (:func:`resolve_device` picks then). ``"cuda"``/``"cuda:N"`` need a
+    torch build that sees a GPU (index N below its count), ``"mps"`` an available Apple GPU; any
+    other type (``"tpu"``, a typo) is refused. Checked up front so that a run fails before any
+    work rather than at the first tensor moved to a missing device.
+    """
+    if device in ("auto", "cpu"):
+        return device  # no torch import: keeps ``--help`` and the CPU path instant
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in DEVICE_TYPES:
+        raise ValueError(f"unknown device {device!r}; expected auto, cpu, cuda, cuda:N or mps")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: this torch build ({torch.__version__}) sees no "
+                             "CUDA GPU; use --device cpu or auto")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device {device!r}: only {count} CUDA GPU(s) visible "
+                             f"(cuda:0..cuda:{count - 1})")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: no Apple MPS GPU is available here")
+    return device
 
 
 def _check_batch(images: np.ndarray) -> np.ndarray:

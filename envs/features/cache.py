@@ -517,6 +517,17 @@ class FeatureStats:
         """``(x - mean) / std`` over the last axis (D) with the global statistics, float32."""
         return ((np.asarray(x, dtype=np.float32) - self.global_mean) / self.global_std).astype(np.float32)
 
+    def global_distance(self, x: np.ndarray) -> float:
+        """Standardised RMS distance of one global feature ``x`` (D,) from the fitted images.
+
+        ``sqrt(mean(((x - mean) / std) ** 2))``: the Mahalanobis distance under the diagonal
+        covariance these statistics hold, divided by sqrt(D) so that it does not grow with D.
+        Averaged over the images the statistics were fit on, its square is exactly 1 (at most
+        1 where the std floor applies), so ~1 is typical and large values mean unlike them.
+        """
+        z = self.standardize_global(np.asarray(x, dtype=np.float64)).astype(np.float64)
+        return float(np.sqrt(np.mean(np.square(z))))
+
     def to_dict(self) -> dict[str, list[float]]:
         """JSON-ready form (lists of floats)."""
         return {name: [float(v) for v in getattr(self, name)] for name in _STATS_FIELDS}
