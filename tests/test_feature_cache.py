@@ -27,6 +27,7 @@ from rl_scaniqa.envs.features.cache import (
     FeatureStats,
     augmentation_for,
     build_cache,
+    file_digests,
     get_or_build_cache,
     grey_viewports,
     load_cache,
@@ -351,9 +352,56 @@ def test_corrupt_truncated_or_nan_files_are_rejected(built, tmp_path):
     metadata, tensors = _contents(built)
     tensors["global_features"][2, 0] = np.inf
     poisoned = tmp_path / "poisoned.safetensors"
-    save_file(tensors, str(poisoned), metadata=metadata)
+    # Digests recomputed: a file *written* with inf features (its digests agree) is still refused.
+    save_file(tensors, str(poisoned), metadata={**metadata, "digests": file_digests(tensors, metadata)})
     with pytest.raises(CacheError, match=r"poisoned\.safetensors.*global_features.*NaN/inf"):
         load_cache(poisoned)
+
+
+def test_a_cache_changed_after_it_was_written_is_refused_naming_the_array(built, tmp_path):
+    metadata, tensors = _contents(built)
+    untouched = tmp_path / "untouched.safetensors"
+    save_file(tensors, str(untouched), metadata=metadata)  # same arrays and metadata, rewritten
+    assert load_cache(untouched).image_ids == load_cache(built).image_ids
+    # Zeroed features are finite and of the right shape: only the digest tells them apart.
+    zeroed = tmp_path / "zeroed.safetensors"
+    save_file({**tensors, "viewport_features": np.zeros_like(tensors["viewport_features"])}, str(zeroed),
+              metadata=metadata)
+    with pytest.raises(CacheError, match=r"zeroed\.safetensors: array 'viewport_features' does not match "
+                                         r"its stored digest.*delete it to rebuild"):
+        load_cache(zeroed)
+    relabelled = tmp_path / "relabelled.safetensors"
+    save_file({**tensors, "mos": tensors["mos"][::-1].copy()}, str(relabelled), metadata=metadata)
+    with pytest.raises(CacheError, match=r"relabelled\.safetensors: array 'mos' does not match its stored digest"):
+        load_cache(relabelled)
+    # The label lists are metadata: a changed image id (fingerprint untouched) is caught as well.
+    ids = json.loads(metadata["image_ids"])
+    renamed = tmp_path / "renamed.safetensors"
+    save_file(tensors, str(renamed), metadata={**metadata, "image_ids": json.dumps(ids[::-1])})
+    with pytest.raises(CacheError, match=r"renamed\.safetensors: metadata does not match its stored digest"):
+        load_cache(renamed)
+    stripped = tmp_path / "stripped.safetensors"
+    save_file(tensors, str(stripped), metadata={k: v for k, v in metadata.items() if k != "digests"})
+    with pytest.raises(CacheError, match=r"stripped\.safetensors: feature cache has no valid 'digests'"):
+        load_cache(stripped)
+
+
+def test_a_changed_chunk_file_is_recomputed_on_resume(tmp_path):
+    import rl_scaniqa.envs.features.cache as cache_module
+
+    records = _write_dataset(tmp_path / "data", n=2)
+    backbone = CountingBackbone(fail_on_call=3)  # 2 calls per image: dies in the second chunk
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(records, backbone, GRID, tmp_path / "cache", dataset="synth360", chunk_size=1, progress=False)
+    (chunk,) = (tmp_path / "cache").glob("*.parts/*.safetensors")
+    metadata, tensors = _contents(chunk)
+    save_file({**tensors, "entropy": np.zeros_like(tensors["entropy"])}, str(chunk), metadata=metadata)
+    with pytest.raises(CacheError, match="'entropy' does not match its stored digest"):
+        cache_module._open(chunk)
+    resumed = CountingBackbone()
+    path = build_cache(records, resumed, GRID, tmp_path / "cache", dataset="synth360", chunk_size=1, progress=False)
+    assert resumed.calls == 4  # both chunks computed: the changed one was not kept
+    assert (load_cache(path).entropy[0] > 0).all()
 
 
 def test_corrupt_cache_at_the_key_path_is_rebuilt_with_a_warning(tmp_path):
@@ -441,7 +489,8 @@ def test_caches_of_another_format_version_are_refused_and_never_reused(dataset, 
     metadata, tensors = _contents(built)
     del tensors["caps"]
     old = tmp_path / "old.safetensors"
-    save_file(tensors, str(old), metadata={**metadata, "format_version": "1"})
+    older = {k: v for k, v in metadata.items() if k != "digests"}  # older files have no digests
+    save_file(tensors, str(old), metadata={**older, "format_version": "1"})
     with pytest.raises(CacheError, match=r"old\.safetensors.*format version '1'.*rebuild"):
         load_cache(old)
     # ... and the version is part of the key, so a build never picks the old file up.
