@@ -90,6 +90,12 @@ def _check_grid(grid: ViewportGrid, batch: Mapping[str, np.ndarray], agent: str)
                          f"observation has {batch['visited'].shape[1]}")
 
 
+def _check_cache_grid(grid: ViewportGrid, feature_cache: FeatureCache, agent: str) -> None:
+    if feature_cache.grid != grid:
+        raise ValueError(f"{agent} was built for grid {grid.key()}, the cache uses "
+                         f"{feature_cache.grid.key()}")
+
+
 def _image_generators(seed: int, image_indices: np.ndarray) -> list[np.random.Generator]:
     # One stream per (seed, image): an image's paths do not depend on which batch it lands in.
     return [np.random.default_rng([seed, int(i)]) for i in image_indices]
@@ -241,9 +247,7 @@ class EntropyGreedyAgent(_ImageAware):
         self._generators: list[np.random.Generator] = []
 
     def begin_episodes(self, image_indices: np.ndarray, feature_cache: FeatureCache) -> None:
-        if feature_cache.grid != self.grid:
-            raise ValueError(f"EntropyGreedyAgent was built for grid {self.grid.key()}, the cache "
-                             f"uses {feature_cache.grid.key()}")
+        _check_cache_grid(self.grid, feature_cache, type(self).__name__)
         super().begin_episodes(image_indices, feature_cache)
         self._generators = _image_generators(self.seed, self._announced()[0])
 
@@ -432,9 +436,7 @@ class DamageOracleAgent(_ImageAware):
         self._located = np.zeros(0, dtype=bool)
 
     def begin_episodes(self, image_indices: np.ndarray, feature_cache: FeatureCache) -> None:
-        if feature_cache.grid != self.grid:
-            raise ValueError(f"DamageOracleAgent was built for grid {self.grid.key()}, the cache "
-                             f"uses {feature_cache.grid.key()}")
+        _check_cache_grid(self.grid, feature_cache, type(self).__name__)
         super().begin_episodes(image_indices, feature_cache)
         self._fallback.begin_episodes(image_indices, feature_cache)
         images = self._announced()[0]

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rl_scaniqa.assessor.model import AssessorCheckpointError, QualityAssessor
+from rl_scaniqa.assessor.model import QualityAssessor
 from rl_scaniqa.envs.errors import RLScanIQAError
 from rl_scaniqa.envs.storage import atomic_write_json
 
@@ -40,9 +40,10 @@ ASSESSOR_OPTIMIZER_NAME = "assessor_optimizer.pt"
 PROGRESS_NAME = "progress.json"
 PROGRESS_KEYS = ("num_timesteps", "rollouts", "reward_env_timesteps")
 
-# What reading a truncated or corrupt checkpoint file raises, by the library that reads it.
+# What reading a truncated or corrupt checkpoint file raises, by the library that reads it
+# (AssessorCheckpointError and CheckpointError are ValueErrors).
 _UNREADABLE = (OSError, EOFError, ValueError, KeyError, RuntimeError, zipfile.BadZipFile,
-               pickle.UnpicklingError, AssessorCheckpointError)
+               pickle.UnpicklingError)
 
 
 class CheckpointError(RLScanIQAError, ValueError):

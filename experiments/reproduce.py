@@ -581,16 +581,20 @@ def comparable_config(args: Args) -> dict[str, Any]:
     return {key: value for key, value in asdict(args).items() if key not in RESUMABLE_FIELDS}
 
 
+def read_own_json(path: Path, afresh: str) -> Any:
+    """A JSON file this script wrote; ``afresh`` says what moving a corrupt one away restarts."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); move it away to start "
+                         f"{afresh}") from None
+
+
 def claim_checkpoints(out: Path, args: Args) -> None:
     """Refuse training checkpoints of another configuration; mark them as this one's."""
     path = out / CHECKPOINTS_NAME / "config.json"
     if path.is_file():
-        try:
-            config = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error}); move it away to start "
-                             "the unfinished trainings afresh") from None
-        if config != comparable_config(args):
+        if read_own_json(path, "the unfinished trainings afresh") != comparable_config(args):
             raise ValueError(f"{path.parent} holds training checkpoints of another "
                              "configuration; use another --out or the same arguments to resume")
         return
@@ -602,11 +606,7 @@ def load_finished(out: Path, args: Args) -> list[dict[str, Any]]:
     path = out / RESULTS_NAME
     if not path.is_file():
         return []
-    try:
-        document = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"{path}: not valid JSON ({error}); move it away to start afresh") from None
+    document = read_own_json(path, "afresh")
     if document.get("format") != RESULTS_FORMAT:
         raise ValueError(f"{path}: not a reproduce.py results file")
     if document.get("config") != comparable_config(args):
