@@ -17,7 +17,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+import sys
+from typing import Any, NoReturn, TypeVar
 
 import tyro
 
@@ -44,6 +45,12 @@ def with_values(instance: T, values: Mapping[str, Any], where: str = "arguments"
         else:
             changes[name] = value
     return replace(instance, **changes)  # type: ignore[type-var]
+
+
+def usage_error(prog: str, message: str) -> NoReturn:
+    """Exit like argparse does for a bad argument: ``<prog>: error: <message>`` on stderr, status 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def key_value(text: str) -> tuple[str, str]:

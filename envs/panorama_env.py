@@ -134,8 +134,9 @@ class Panorama360Env(gym.Env[Observation, int]):
 
     - ``dataset``, ``root``, ``dataset_options``: dataset loader name, its folder, and loader
       options (``rl_scaniqa.envs.data.datasets.load_dataset``). With ``root=None`` and
-      ``dataset="synth360"`` the default data is used: a small Synth360 generated on first use
-      in ``<data_home>/synth360-quick`` (see :mod:`rl_scaniqa.envs.features.provision`).
+      ``dataset="synth360"`` the default data is used: the NSS cache of a small Synth360, shipped
+      with the package (default backbone and grid), otherwise generated on first use in
+      ``<data_home>/synth360-quick`` (see :mod:`rl_scaniqa.envs.features.provision`).
     - ``backbone``: feature extractor spec for :func:`~rl_scaniqa.envs.features.backbones.make_backbone`
       (``"nss"``, ``"dinov2"``, ...). ``grid``: the viewport grid (default 8 x 4, 90°).
     - ``cache_dir``: where feature caches live (default ``<data_home>/cache``);

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ from rl_scaniqa.agents.reporting import (
     plot_scanpath_panels,
 )
 from rl_scaniqa.agents.policy import ScanpathPolicy
-from rl_scaniqa.agents.script_args import parse_script_args, with_values
+from rl_scaniqa.agents.script_args import parse_script_args, usage_error, with_values
 from rl_scaniqa.agents.settings import CoTrainSettings
 from rl_scaniqa.assessor.model import QualityAssessor
 from rl_scaniqa.envs.data.datasets.splits import fit_val_test_split
@@ -266,12 +266,6 @@ def write_outputs(out: Path, args: Args, data: Data, result: AgentEvaluation,
 # ----------------------------------------------------------------------------- main
 
 
-def usage_error(message: str) -> NoReturn:
-    """Exit like argparse does for a bad argument (status 2), before any work."""
-    print(f"run_ppo.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"settings": {"seed": 0}}`` → ``{"settings.seed": 0}``."""
     items: dict[str, Any] = {}
@@ -304,11 +298,11 @@ def resumed_args(args: Args, out: Path) -> Args:
     """
     path = out / "config.json"
     if not path.is_file():
-        usage_error(f"--resume {out}: no run_ppo.py run there (no config.json)")
+        usage_error("run_ppo.py", f"--resume {out}: no run_ppo.py run there (no config.json)")
     try:
         saved = flat(json.loads(path.read_text()))
     except json.JSONDecodeError as error:
-        usage_error(f"--resume {out}: {path} is not valid JSON ({error})")
+        usage_error("run_ppo.py", f"--resume {out}: {path} is not valid JSON ({error})")
     given, default = flat(json.loads(json.dumps(asdict(args)))), flat(asdict(Args()))
     reporting = {"resume", "allow_changes", "json", "progress", "torch_threads"}
     changed = {key: value for key, value in given.items()
@@ -317,7 +311,7 @@ def resumed_args(args: Args, out: Path) -> Args:
     if changed and not args.allow_changes:
         listed = ", ".join(f"--{key.replace('_', '-')} {value!r} (the run has "
                            f"{saved.get(key)!r})" for key, value in changed.items())
-        usage_error(f"--resume {out}: {listed}; add --allow-changes to apply them")
+        usage_error("run_ppo.py", f"--resume {out}: {listed}; add --allow-changes to apply them")
     merged = with_values(Args(), nested({**saved, **changed,
                                          **{key: given[key] for key in reporting}}))
     if changed:
@@ -332,7 +326,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args = resumed_args(args, out)
     else:
         if has_checkpoint(out / CHECKPOINT_DIR):
-            usage_error(f"--out {out} holds the checkpoint of an earlier run; continue it with "
+            usage_error("run_ppo.py", f"--out {out} holds the checkpoint of an earlier run; continue it with "
                         f"--resume {out} or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", asdict(args))

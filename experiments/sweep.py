@@ -28,6 +28,7 @@ Install the extra first: ``pip install "rl-scaniqa[sweep]"`` (Ray Tune).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -46,7 +47,7 @@ from rl_scaniqa.agents.cotrain import resume_or_warm_up, setup_cotraining, train
 from rl_scaniqa.agents.data_args import DataArgs
 from rl_scaniqa.agents.evaluation import evaluate_agent
 from rl_scaniqa.agents.reporting import markdown_table
-from rl_scaniqa.agents.script_args import parse_script_args
+from rl_scaniqa.agents.script_args import parse_script_args, usage_error
 from rl_scaniqa.agents.settings import CoTrainSettings
 from rl_scaniqa.envs.data.datasets.splits import fit_val_test_split
 from rl_scaniqa.envs.features.cache import FeatureCache, FeatureStats
@@ -413,12 +414,12 @@ def check_resume(out: Path, args: Args) -> None:
         return
     experiment = (out / "ray" / EXPERIMENT).resolve()
     if not config_path.is_file() or not tune.Tuner.can_restore(str(experiment)):
-        raise SystemExit(f"sweep.py: --resume: no interrupted sweep in {out}")
+        usage_error("sweep.py", f"--resume: no interrupted sweep in {out}")
     saved = json.loads(config_path.read_text())
     changed = sorted(key for key in config if saved.get(key) != json.loads(json.dumps(config[key])))
     if changed:
-        raise SystemExit(f"sweep.py: --resume with other arguments than the sweep in {out} "
-                         f"({', '.join(changed)}); rerun with the sweep's arguments")
+        usage_error("sweep.py", f"--resume with other arguments than the sweep in {out} "
+                    f"({', '.join(changed)}); rerun with the sweep's arguments")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -429,7 +430,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          '(or pip install "ray[tune]")') from None
     args = parse_script_args(Args, __doc__.splitlines()[0], argv, {"quick": QUICK_OVERRIDES})
     if args.num_samples < 1 or args.validate_every < 1:
-        raise SystemExit("--num-samples and --validate-every must be at least 1")
+        usage_error("sweep.py", "--num-samples and --validate-every must be at least 1")
     out = Path(args.out)
     check_resume(out, args)
     started = time.perf_counter()
@@ -441,7 +442,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
-        rows = run_sweep(args, data, out)
+        # Ray Tune prints its trial tables with print() even at verbose=0; stdout is the JSON's.
+        with contextlib.redirect_stdout(sys.stderr):
+            rows = run_sweep(args, data, out)
     finally:
         if started_ray:
             ray.shutdown()

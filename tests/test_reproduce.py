@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rl_scaniqa.envs.features.random_cache import random_feature_cache
+from json_output import json_lines
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "reproduce.py"
 
@@ -22,7 +23,7 @@ TINY = ["--eval-paths", "2", "--k-values", "1,2", "--settings.total-timesteps", 
         "--settings.ppo.hidden-dim", "8", "--settings.ppo.attention-dim", "8",
         "--settings.assessor.warmup-steps", "5", "--settings.assessor.steps-per-rollout", "2",
         "--settings.assessor.batch-size", "8", "--settings.assessor.hidden-dim", "16",
-        "--settings.assessor.attention-dim", "8", "--no-progress", "--json"]
+        "--settings.assessor.attention-dim", "8", "--json"]  # progress on: it must stay on stderr
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def fake_data(reproduce, monkeypatch):
 
 
 def last_json(capsys):
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return json_lines(capsys.readouterr().out)[-1]
 
 
 @pytest.mark.slow

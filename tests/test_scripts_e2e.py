@@ -22,6 +22,7 @@ from rl_scaniqa.envs.data.datasets.synth360 import generate_synth360
 from rl_scaniqa.envs.data.geometry import ViewportGrid
 from rl_scaniqa.envs.errors import CacheError
 from rl_scaniqa.envs.features.cache import load_cache
+from json_output import json_lines
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +67,7 @@ def test_cache_cli_resumes_after_kill_and_rebuilds_when_stale(tiny_synth, tmp_pa
 
     done = subprocess.run(command, env=child_env(tmp_path), capture_output=True, text=True,
                           check=True)
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    (summary,) = json_lines(done.stdout)
     assert summary["images"] == 20 and summary["augmentations"] == ["weak", "heavy"]
     cache_path = Path(summary["cache"])
     assert not list(cache_dir.glob("*.parts"))  # consolidated, chunks removed
@@ -81,7 +82,7 @@ def test_cache_cli_resumes_after_kill_and_rebuilds_when_stale(tiny_synth, tmp_pa
     os.utime(image, ns=(time.time_ns(), time.time_ns() + 10**9))
     rebuilt = subprocess.run(command, env=child_env(tmp_path), capture_output=True, text=True,
                              check=True)
-    assert json.loads(rebuilt.stdout.strip().splitlines()[-1])["cache"] != str(cache_path)
+    assert json_lines(rebuilt.stdout)[-1]["cache"] != str(cache_path)
 
 
 @pytest.mark.slow
@@ -120,9 +121,7 @@ def test_run_ppo_resumes_a_killed_run(tiny_synth, tmp_path):
     resumed = subprocess.run(resume, env=child_env(tmp_path), capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    lines = [line for line in resumed.stdout.splitlines() if line.strip()]
-    assert len(lines) == 1, resumed.stdout[-2000:]
-    summary = json.loads(lines[0])
+    (summary,) = json_lines(resumed.stdout)
     assert summary["n_test_images"] > 0 and "PPO" in resumed.stderr
     # The killed process's time counts in the run's wall time.
     assert summary["wall_seconds"] > checkpoint["wall_seconds"]

@@ -11,6 +11,7 @@ import pytest
 
 from rl_scaniqa.agents.settings import CoTrainSettings, PPOSettings
 from rl_scaniqa.envs.features.random_cache import random_feature_cache
+from json_output import json_lines
 
 pytest.importorskip("ray.tune", reason='Ray Tune is not installed: pip install "rl-scaniqa[sweep]"')
 
@@ -39,7 +40,7 @@ TINY = ["--num-samples", "2", "--validate-every", "1", "--eval-paths", "2", "--g
         "--settings.ppo.attention-dim", "8", "--settings.assessor.warmup-steps", "5",
         "--settings.assessor.steps-per-rollout", "2", "--settings.assessor.batch-size", "8",
         "--settings.assessor.hidden-dim", "16", "--settings.assessor.attention-dim", "8",
-        "--no-progress", "--json"]
+        "--json"]  # progress on: it must stay on stderr
 
 
 @pytest.mark.slow
@@ -48,7 +49,7 @@ def test_two_trial_sweep_on_local_ray(sweep, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(sweep, "load_data", lambda args: sweep.split_fit_val(cache, args))
     out = tmp_path / "sweep"
     sweep.main(["--out", str(out), *TINY])
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (summary,) = json_lines(capsys.readouterr().out)
     assert summary["trials"] == 2
 
     document = json.loads((out / "results.json").read_text())
@@ -84,13 +85,15 @@ def test_two_trial_sweep_on_local_ray(sweep, monkeypatch, tmp_path, capsys):
     progress = [json.loads(path.read_text())
                 for path in out.glob(f"ray/sweep/*/checkpoint_*/{sweep.TRIAL_CHECKPOINT}/progress.json")]
     assert progress and max(entry["num_timesteps"] for entry in progress) == 140
-    with pytest.raises(SystemExit, match="other arguments"):
+    with pytest.raises(SystemExit) as refused:
         sweep.main(["--out", str(out), "--resume", *TINY, "--eval-paths", "3"])
+    assert refused.value.code == 2 and "other arguments" in capsys.readouterr().err
     sweep.main(["--out", str(out), "--resume", *TINY])
-    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (resumed,) = json_lines(capsys.readouterr().out)
     assert resumed["trials"] == 2 and resumed["best_val_srcc"] == summary["best_val_srcc"]
-    with pytest.raises(SystemExit, match="no interrupted sweep"):
+    with pytest.raises(SystemExit) as missing:
         sweep.main(["--out", str(tmp_path / "elsewhere"), "--resume", *TINY])
+    assert missing.value.code == 2 and "no interrupted sweep" in capsys.readouterr().err
 
 
 def test_expected_validations_is_ashas_max_t(sweep):

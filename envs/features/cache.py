@@ -136,7 +136,8 @@ from typing import Any
 import cv2
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import load as load_tensors
+from safetensors.numpy import save, save_file
 
 from rl_scaniqa.envs.data.datasets.records import (
     MosScale,
@@ -176,6 +177,8 @@ __all__ = [
     "get_or_build_cache",
     "grey_viewports",
     "load_cache",
+    "load_cache_bytes",
+    "portable_cache_bytes",
     "no_augmentations",
     "verify_digests",
     "project_image",
@@ -834,7 +837,7 @@ def file_digests(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str])
                        "metadata": _metadata_digest(metadata)})
 
 
-def verify_digests(path: Path, metadata: Mapping[str, str], tensors: Mapping[str, np.ndarray]) -> None:
+def verify_digests(path: Path | str, metadata: Mapping[str, str], tensors: Mapping[str, np.ndarray]) -> None:
     """Check the stored ``digests`` of a file against its arrays and metadata.
 
     Raises:
@@ -896,18 +899,34 @@ def _read_metadata(path: Path) -> dict[str, str] | None:
         return None
 
 
-def _json_field(metadata: Mapping[str, str], name: str, path: Path) -> Any:
+def _json_field(metadata: Mapping[str, str], name: str, path: Path | str) -> Any:
     try:
         return json.loads(metadata[name])
     except (KeyError, json.JSONDecodeError) as error:
         raise CacheError(f"{path}: feature cache metadata field {name!r} is missing or malformed") from error
 
 
-def _read_cache(path: Path, expect_backbone: str | None,
-                expect_grid: ViewportGrid | None) -> tuple[FeatureCache, dict[str, str]]:
+def _read_bytes(data: bytes, source: str) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """:func:`_read_file` for a file's contents held in memory (``source`` names it in errors)."""
+    try:
+        # safetensors: an 8-byte little-endian header length, then the JSON header.
+        header_size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + header_size])
+        metadata = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
+        tensors = load_tensors(data)
+    except Exception as error:  # safetensors raises its own (non-exported) error types
+        raise CacheError(f"{source}: corrupt or truncated feature cache ({error})") from error
+    return metadata, tensors
+
+
+def _read_cache(path: Path | str, expect_backbone: str | None, expect_grid: ViewportGrid | None,
+                stored: tuple[dict[str, str], dict[str, np.ndarray]] | None = None,
+                ) -> tuple[FeatureCache, dict[str, str]]:
+    """The cache in file ``path``, or in ``stored`` (metadata, arrays) read from it elsewhere
+    (``path`` then only names it)."""
     # The format and version are checked before the digests, so an older file (which has none)
     # is refused by its version, with the hint to rebuild, rather than as a changed file.
-    metadata, tensors = _read_file(path)
+    metadata, tensors = stored if stored is not None else _read_file(Path(path))
     if metadata.get("format") != _FORMAT:
         raise CacheError(f"{path}: not an rl-scaniqa feature cache (format {metadata.get('format')!r})")
     if metadata.get("format_version") != str(FORMAT_VERSION):
@@ -959,6 +978,38 @@ def load_cache(path: str | os.PathLike[str], *, expect_backbone: str | None = No
     """
     cache, _ = _read_cache(Path(path), expect_backbone, expect_grid)
     return cache
+
+
+def load_cache_bytes(data: bytes, source: str, *, expect_backbone: str | None = None,
+                     expect_grid: ViewportGrid | None = None) -> FeatureCache:
+    """:func:`load_cache` for a file's contents held in memory, e.g. decompressed package data.
+
+    ``source`` names the file in errors; the checks are those of :func:`load_cache`.
+    """
+    cache, _ = _read_cache(source, expect_backbone, expect_grid, stored=_read_bytes(data, source))
+    return cache
+
+
+def portable_cache_bytes(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bytes:
+    """The cache file ``path`` with its image paths made relative to ``root``, as bytes to ship.
+
+    A cache records the absolute paths its features came from; a copy shipped with the package
+    names them relative to the dataset root instead (``root``'s own name included, e.g.
+    ``synth360-quick/images/c000_ref.png``). Arrays are unchanged; the digests are recomputed.
+
+    Raises:
+        CacheError: ``path`` fails :func:`load_cache`'s checks, or an image lies outside ``root``.
+    """
+    source, base = Path(path), Path(root).resolve()
+    metadata, tensors = _read_file(source)
+    _read_cache(source, None, None, stored=(metadata, tensors))  # every check of load_cache
+    try:
+        relative = [str(Path(p).resolve().relative_to(base.parent)) for p in json.loads(metadata["paths"])]
+    except ValueError as error:
+        raise CacheError(f"{source}: an image path lies outside {base} ({error})") from error
+    fields = {name: value for name, value in metadata.items() if name != _DIGESTS}
+    fields["paths"] = json.dumps(relative)
+    return save(tensors, metadata={**fields, _DIGESTS: file_digests(tensors, fields)})
 
 
 # --------------------------------------------------------------------------- building

@@ -1,5 +1,13 @@
 """Data behind ``gym.make("Panorama360Env-v0")`` with no arguments, and cache loading for the env.
 
+The env's default, the NSS feature cache of the small Synth360 (``quick=True``) on the default
+grid, ships with the package (:data:`SHIPPED_CACHE`, xz-compressed, 2.8 MB): with default
+arguments ``gym.make`` only decompresses and verifies it, offline, with no generation and no
+worker processes. ``experiments/build_default_cache.py`` rebuilds it from the code, and a test
+checks that the shipped file equals what :func:`ensure_default_data` builds, so the two cannot
+drift apart. Anything else (another backbone, grid, augmented views, the full Synth360, the
+images themselves) comes from :func:`ensure_default_data`:
+
 On first use :func:`ensure_default_data` generates a small synthetic dataset (Synth360,
 ``quick=True``) in ``<home>/synth360-quick`` and builds its NSS feature cache in
 ``<home>/cache``, with progress bars; later calls reuse both. ``home`` is the ``home`` argument,
@@ -19,17 +27,26 @@ root) to a cache.
 
 from __future__ import annotations
 
+import lzma
 import os
 import shutil
 import tempfile
+import warnings
+from importlib import resources
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rl_scaniqa.envs.data.datasets import load_dataset
 from rl_scaniqa.envs.data.geometry import ViewportGrid
-from rl_scaniqa.envs.errors import DatasetError
-from rl_scaniqa.envs.features.cache import FeatureCache, get_or_build_cache
+from rl_scaniqa.envs.errors import CacheError, DatasetError
+from rl_scaniqa.envs.features.cache import (
+    FeatureCache,
+    build_cache,
+    get_or_build_cache,
+    load_cache_bytes,
+    portable_cache_bytes,
+)
 from rl_scaniqa.envs.storage import default_home, exclusive_lock
 
 #: Dataset loader name of the default data.
@@ -41,6 +58,34 @@ CACHE_FOLDER = "cache"
 _LOCK_NAME = ".default-data.lock"
 #: Seed of the default dataset, so every machine generates the same images.
 DEFAULT_SEED = 0
+#: Backbone spec of the default data's cache.
+DEFAULT_BACKBONE = "nss"
+#: The shipped cache: package data of ``rl_scaniqa.envs.features`` (see the module docstring).
+SHIPPED_CACHE = "synth360-quick-nss.safetensors.xz"
+
+
+def shipped_cache_resource() -> resources.abc.Traversable:
+    """Where the shipped default cache lies inside the installed package."""
+    return resources.files("rl_scaniqa.envs.features").joinpath(SHIPPED_CACHE)
+
+
+def load_shipped_cache() -> FeatureCache:
+    """The shipped default cache, decompressed and verified (digests, backbone version, grid).
+
+    Raises:
+        CacheError: the file is missing, corrupt, or was built by another NSS version or
+            another cache format than this code's (rebuild it with
+            ``experiments/build_default_cache.py``).
+    """
+    from rl_scaniqa.envs.features.backbones import make_backbone
+
+    resource = shipped_cache_resource()
+    try:
+        data = lzma.decompress(resource.read_bytes())
+    except (OSError, lzma.LZMAError) as error:
+        raise CacheError(f"{resource}: shipped default feature cache is missing or corrupt ({error})") from error
+    return load_cache_bytes(data, str(resource), expect_backbone=make_backbone(DEFAULT_BACKBONE).name,
+                            expect_grid=ViewportGrid())
 
 
 def _resolve_home(home: str | os.PathLike[str] | None) -> Path:
@@ -84,7 +129,7 @@ def _get_cache(root: Path, dataset: str, backbone: str, grid: ViewportGrid | Non
 
 
 def ensure_default_data(home: str | os.PathLike[str] | None = None, progress: bool = True, *,
-                        backbone: str = "nss", grid: ViewportGrid | None = None,
+                        backbone: str = DEFAULT_BACKBONE, grid: ViewportGrid | None = None,
                         cache_dir: str | os.PathLike[str] | None = None,
                         augmentations: Sequence[str] = (),
                         quick: bool = True, workers: int = 1) -> tuple[Path, FeatureCache]:
@@ -113,8 +158,23 @@ def ensure_default_data(home: str | os.PathLike[str] | None = None, progress: bo
     return root, cache
 
 
+def shipped_cache_bytes(home: str | os.PathLike[str], progress: bool = True) -> bytes:
+    """The xz-compressed file to ship as :data:`SHIPPED_CACHE`, built from the code in ``home``.
+
+    ``home`` gets the default data and its cache (:func:`ensure_default_data`); the file is that
+    cache with its image paths relative to the data home (:func:`portable_cache_bytes`).
+    """
+    from rl_scaniqa.envs.features.backbones import make_backbone
+
+    home_path = Path(home)
+    root, _ = ensure_default_data(home_path, progress)
+    path = build_cache(load_dataset(DEFAULT_DATASET, root), make_backbone(DEFAULT_BACKBONE), ViewportGrid(),
+                       home_path / CACHE_FOLDER, dataset=DEFAULT_DATASET, progress=False)
+    return lzma.compress(portable_cache_bytes(path, root), preset=9)
+
+
 def prepare_feature_cache(dataset: str, root: str | os.PathLike[str] | None, *,
-                          backbone: str = "nss", grid: ViewportGrid | None = None,
+                          backbone: str = DEFAULT_BACKBONE, grid: ViewportGrid | None = None,
                           augmentations: Sequence[str] = (),
                           cache_dir: str | os.PathLike[str] | None = None,
                           dataset_options: Mapping[str, Any] | None = None,
@@ -124,7 +184,9 @@ def prepare_feature_cache(dataset: str, root: str | os.PathLike[str] | None, *,
     """The feature cache for these arguments (what ``Panorama360Env`` uses), built if missing.
 
     ``root=None`` means the default data (only for ``dataset="synth360"``; ``quick_default``
-    picks the small or the full Synth360, see :func:`ensure_default_data`); otherwise the dataset
+    picks the small or the full Synth360, see :func:`ensure_default_data`): with the default
+    backbone, grid and no augmented views or ``cache_dir``, the shipped cache
+    (:func:`load_shipped_cache`); otherwise the dataset
     at ``root`` is loaded with ``load_dataset(dataset, root, **dataset_options)`` and its cache
     is built in ``cache_dir`` (default ``<home>/cache``; the builder locks each cache file)
     by ``workers`` processes (default 1: this one).
@@ -136,6 +198,14 @@ def prepare_feature_cache(dataset: str, root: str | os.PathLike[str] | None, *,
         if dataset_options:
             raise ValueError("dataset_options apply to a dataset given by root=; the default "
                              f"{DEFAULT_DATASET!r} data takes none")
+        if (quick_default and backbone == DEFAULT_BACKBONE and grid in (None, ViewportGrid())
+                and not augmentations and cache_dir is None):
+            try:
+                return load_shipped_cache()
+            except CacheError as error:
+                # Only a development checkout whose features changed gets here (a test keeps
+                # the released file current); the cache it builds instead is identical.
+                warnings.warn(f"{error}; building the default cache instead", stacklevel=2)
         return ensure_default_data(home, progress, backbone=backbone, grid=grid, cache_dir=cache_dir,
                                    augmentations=augmentations, quick=quick_default,
                                    workers=workers)[1]

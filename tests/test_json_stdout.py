@@ -1,0 +1,53 @@
+"""``--json`` through a pipe, progress on: stdout carries JSON lines only, for the commands not
+covered where they are tested end to end (``cache`` and ``run_ppo.py`` in test_scripts_e2e.py,
+``reproduce.py`` in test_reproduce.py, ``sweep.py`` in test_sweep.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from json_output import json_lines
+
+from rl_scaniqa.envs.features.provision import load_shipped_cache
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def piped(command: list[str], home: Path, timeout: float = 300) -> str:
+    """stdout of ``command`` with stdout and stderr pipes (as in ``... --json | jq``)."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                            env=dict(os.environ, RL_SCANIQA_HOME=str(home)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_bench_json_is_one_line(tmp_path):
+    (result,) = json_lines(piped([sys.executable, str(REPO / "experiments" / "bench.py"), "projection",
+                                  "--quick", "--json"], tmp_path))
+    assert result["benchmark"] == "projection"
+
+
+def test_score_json_is_one_line_per_image(tmp_path):
+    # Two shipped thumbnails upscaled to a panorama the scorer accepts; the progress bar is on.
+    thumbnails = load_shipped_cache().thumbnails[:2]
+    paths = []
+    for index, thumbnail in enumerate(thumbnails):
+        paths.append(tmp_path / f"pano{index}.png")
+        cv2.imwrite(str(paths[-1]), cv2.resize(np.ascontiguousarray(thumbnail[..., ::-1]), (1024, 512)))
+    rows = json_lines(piped([sys.executable, "-m", "rl_scaniqa.agents.cli", "score", *map(str, paths),
+                             "--json", "--device", "cpu", "--k", "3"], tmp_path))
+    assert [Path(row["path"]).name for row in rows] == ["pano0.png", "pano1.png"]
+
+
+@pytest.mark.slow
+def test_build_default_cache_json_is_one_line(tmp_path):
+    out = tmp_path / "shipped.safetensors.xz"
+    (result,) = json_lines(piped([sys.executable, str(REPO / "experiments" / "build_default_cache.py"),
+                                  "--out", str(out), "--json"], tmp_path))
+    assert result["path"] == str(out) and result["bytes"] == out.stat().st_size
