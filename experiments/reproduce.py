@@ -323,9 +323,9 @@ def build_tasks(args: Args) -> tuple[list[Task], dict[str, Any]]:
             raise ValueError(f"cross-distortion leaves fewer than 3 train or test images in "
                              f"{empty}; hold out other types or use a larger test fraction")
         train_kinds = sorted(set(present) - set(held))
-        return tasks, {"dataset": args.dataset, "cache": source.cache, "train_kinds": train_kinds,
+        return tasks, {"dataset": args.dataset_label, "cache": source.cache, "train_kinds": train_kinds,
                        "test_kinds": held}
-    return reference_tasks(source, args), {"dataset": args.dataset, "cache": source.cache}
+    return reference_tasks(source, args), {"dataset": args.dataset_label, "cache": source.cache}
 
 
 # ----------------------------------------------------------------------------- training
@@ -669,11 +669,11 @@ def paired_deltas(tasks: Sequence[Mapping[str, Any]], reference: str,
 
 
 def _published_rows(args: Args, data: Mapping[str, Any]) -> list[dict[str, Any]]:
-    if args.protocol in ("in-dataset", "ablation") and args.dataset.lower() in PUBLISHED_IN_DATASET:
-        srcc, plcc = PUBLISHED_IN_DATASET[args.dataset.lower()]
+    if args.protocol in ("in-dataset", "ablation") and args.dataset_label.lower() in PUBLISHED_IN_DATASET:
+        srcc, plcc = PUBLISHED_IN_DATASET[args.dataset_label.lower()]
         rows = [{"method": "RL-ScanIQA, paper (DINOv2)", "srcc": srcc, "plcc": plcc}]
-        if args.protocol == "ablation" and args.dataset.lower() in PUBLISHED_HUMAN:
-            h_srcc, h_plcc = PUBLISHED_HUMAN[args.dataset.lower()]
+        if args.protocol == "ablation" and args.dataset_label.lower() in PUBLISHED_HUMAN:
+            h_srcc, h_plcc = PUBLISHED_HUMAN[args.dataset_label.lower()]
             rows.append({"method": "Human scanpaths, paper (DINOv2)", "srcc": h_srcc,
                          "plcc": h_plcc})
         return rows
@@ -817,7 +817,7 @@ def report_text(args: Args, data: Mapping[str, Any], document: Mapping[str, Any]
     published = _published_rows(args, data)
     path_methods = [RL, RANDOM, EQUATOR, ENTROPY, CUBE, HUMAN, SVR, CEILING, ORACLE, ANTI]
     if args.protocol == "in-dataset":
-        lines += [f"## Table 1 — in-dataset, {args.dataset} (mean ± std over {len(tasks)} "
+        lines += [f"## Table 1 — in-dataset, {args.dataset_label} (mean ± std over {len(tasks)} "
                   f"reference splits, {1 - args.test_fraction:.0%}/{args.test_fraction:.0%})", "",
                   "All scanpath rows are scored by the same co-trained assessor of each split; the "
                   "SVR is fitted on the same training images.", "",
@@ -828,13 +828,13 @@ def report_text(args: Args, data: Mapping[str, Any], document: Mapping[str, Any]
                        f"{args.train}: {data['n_train']} images; tested on all of {args.test}: "
                        f"{data['n_test']} images; mean ± std over {len(tasks)} training seeds)")
         else:
-            heading = (f"## Table 2 (stand-in) — cross-distortion on {args.dataset}: train on "
+            heading = (f"## Table 2 (stand-in) — cross-distortion on {args.dataset_label}: train on "
                        f"{', '.join(data['train_kinds'])}; test on {', '.join(data['test_kinds'])} "
                        f"of held-out references (mean ± std over {len(tasks)} reference splits)")
         lines += [heading, "", _table(summary, path_methods, published)]
     else:
         variants = [FULL, *ABLATIONS, HUMAN, f"{RL} (images with human paths)", RANDOM]
-        lines += [f"## Table 3 — ablations, {args.dataset} (mean ± std over {len(tasks)} reference "
+        lines += [f"## Table 3 — ablations, {args.dataset_label} (mean ± std over {len(tasks)} reference "
                   "splits; every variant is trained from scratch with the same budget)", "",
                   _table(summary, variants, published)]
         if HUMAN not in summary:

@@ -220,7 +220,7 @@ def write_outputs(out: Path, args: Args, data: Data, result: AgentEvaluation,
          "paths": scanpaths.paths[i].tolist()}
         for i in range(len(test))]
     document = {
-        "method": "RL-ScanIQA", "dataset": args.dataset, "backbone": test.backbone,
+        "method": "RL-ScanIQA", "dataset": args.dataset_label, "backbone": test.backbone,
         "grid": test.grid.key(), "srcc": metrics["srcc"], "plcc": metrics["plcc"],
         "krcc": metrics["krcc"], "rmse": metrics["rmse"], "n_test_images": len(test),
         "mapping": metrics["mapping"], "eval_paths": args.eval_paths,
@@ -232,7 +232,7 @@ def write_outputs(out: Path, args: Args, data: Data, result: AgentEvaluation,
     order = np.argsort(result.predicted)
     best, worst = int(order[-1]), int(order[0])
     plot_prediction_scatter(result.predicted, test.mos, out / "scatter.png",
-                            title=f"RL-ScanIQA on held-out {args.dataset} references",
+                            title=f"RL-ScanIQA on held-out {args.dataset_label} references",
                             uncertainty=result.predicted_std,
                             annotation=f"SRCC {metrics['srcc']:.3f}\nPLCC {metrics['plcc']:.3f}")
     plot_scanpath_panels(
@@ -246,7 +246,7 @@ def write_outputs(out: Path, args: Args, data: Data, result: AgentEvaluation,
     row = {"method": "RL-ScanIQA", "srcc": metrics["srcc"], "plcc": metrics["plcc"],
            "krcc": metrics["krcc"], "rmse": metrics["rmse"], "n": len(test),
            "ms": result.ms_per_image}
-    text = (f"# RL-ScanIQA on {args.dataset} ({test.backbone} features)\n\n"
+    text = (f"# RL-ScanIQA on {args.dataset_label} ({test.backbone} features)\n\n"
             f"Held-out references: {len(data.split['test_refs'])} "
             f"({len(test)} images), K = {args.eval_paths} paths of T = "
             f"{args.settings.path_length} steps, {args.settings.total_timesteps} PPO steps, "
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_to_budget(run, settings, done, out / CHECKPOINT_DIR)
 
     model = to_model(run, settings, data.cache, metadata={
-        "dataset": args.dataset, "command": " ".join(["experiments/run_ppo.py", *(argv or sys.argv[1:])]),
+        "dataset": args.dataset_label, "command": " ".join(["experiments/run_ppo.py", *(argv or sys.argv[1:])]),
         "seed": settings.seed, "timesteps": int(run.ppo.num_timesteps)})
     model.save(out / "model")
     result = evaluate_on(run.policy, run.assessor, data.test, settings, data.stats,

@@ -124,7 +124,7 @@ def test_mos_scale_for() -> None:
         mos_scale_for("csv", [record("a"), record("b")])
     with pytest.raises(DatasetError, match="zero records"):
         mos_scale_for("csv", [])
-    with pytest.raises(DatasetError, match="known: cviqd, oiqa, jufe, synth360, csv"):
+    with pytest.raises(DatasetError, match="known: cviqd, oiqa, jufe, synth360, real360, csv"):
         mos_scale_for("live", [])
 
 
@@ -844,7 +844,7 @@ def test_csv_bad_files(tmp_path: Path) -> None:
 
 
 def test_load_dataset_names_and_options(tmp_path: Path) -> None:
-    assert DATASET_NAMES == ("cviqd", "oiqa", "jufe", "csv", "synth360")
+    assert DATASET_NAMES == ("cviqd", "oiqa", "jufe", "csv", "synth360", "real360")
     with pytest.raises(
         DatasetError, match="unknown dataset 'live'; known: cviqd, oiqa, jufe, csv, synth360"
     ):

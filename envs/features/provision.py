@@ -1,7 +1,7 @@
 """Data behind ``gym.make("Panorama360Env-v0")`` with no arguments, and cache loading for the env.
 
 The env's default, the NSS feature cache of the small Synth360 (``quick=True``) on the default
-grid, ships with the package (:data:`SHIPPED_CACHE`, xz-compressed, 2.8 MB): with default
+grid, ships with the package (:data:`SHIPPED_CACHE`, xz-compressed, 1.8 MB): with default
 arguments ``gym.make`` only decompresses and verifies it, offline, with no generation and no
 worker processes. ``experiments/build_default_cache.py`` rebuilds it from the code, and a test
 checks that the shipped file equals what :func:`ensure_default_data` builds, so the two cannot
@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rl_scaniqa.envs.data.datasets import load_dataset
+from rl_scaniqa.envs.data.datasets import DatasetPart, combined_name, load_combined, load_dataset
 from rl_scaniqa.envs.data.geometry import ViewportGrid
 from rl_scaniqa.envs.errors import CacheError, DatasetError
 from rl_scaniqa.envs.features.cache import (
@@ -148,14 +148,66 @@ def ensure_default_data(home: str | os.PathLike[str] | None = None, progress: bo
             unguarded user script safe (see "Parallel build" in ``envs.features.cache``).
     """
     home_path = _resolve_home(home)
-    root = _default_root(home_path, quick)
     caches = Path(cache_dir) if cache_dir is not None else home_path / CACHE_FOLDER
     with exclusive_lock(home_path / _LOCK_NAME):
-        if not (root / "labels.csv").is_file():
-            _generate_default_dataset(root, quick, progress)
+        root = ensure_default_dataset(home_path, quick=quick, progress=progress, locked=True)
         cache = _get_cache(root, DEFAULT_DATASET, backbone, grid, caches, {}, augmentations, progress,
                            workers)
     return root, cache
+
+
+def ensure_default_dataset(home: str | os.PathLike[str] | None = None, *, quick: bool = True,
+                           progress: bool = True, locked: bool = False) -> Path:
+    """The default Synth360 folder (see :func:`ensure_default_data`), generated on first use.
+
+    ``locked``: the caller already holds the data home's lock.
+    """
+    home_path = _resolve_home(home)
+    root = _default_root(home_path, quick)
+    if (root / "labels.csv").is_file():
+        return root
+    if locked:
+        _generate_default_dataset(root, quick, progress)
+        return root
+    with exclusive_lock(home_path / _LOCK_NAME):
+        if not (root / "labels.csv").is_file():
+            _generate_default_dataset(root, quick, progress)
+    return root
+
+
+def prepare_combined_cache(parts: Sequence[tuple[str, str | os.PathLike[str] | None, Mapping[str, Any]]],
+                           *, backbone: str = DEFAULT_BACKBONE, grid: ViewportGrid | None = None,
+                           augmentations: Sequence[str] = (),
+                           cache_dir: str | os.PathLike[str] | None = None,
+                           home: str | os.PathLike[str] | None = None,
+                           quick_default: bool = True, progress: bool = True,
+                           workers: int = 1) -> FeatureCache:
+    """One feature cache of several datasets (``(name, root, options)`` each), trained on as one.
+
+    Reference groups stay distinct across datasets (:func:`load_combined` prefixes them with the
+    dataset's name). A root of None means the dataset's default folder: the default Synth360
+    (generated on first use, ``quick_default`` picks which) or ``<home>/real360`` (made by
+    ``rl-scaniqa real360``).
+    """
+    from rl_scaniqa.envs.data.datasets.real360 import default_real360_root
+
+    home_path = _resolve_home(home)
+    resolved = []
+    for name, root, options in parts:
+        if root is None and name.lower() == DEFAULT_DATASET:
+            root = ensure_default_dataset(home_path, quick=quick_default, progress=progress)
+        elif root is None and name.lower() == "real360":
+            root = default_real360_root(home_path)
+        elif root is None:
+            raise ValueError(f"dataset {name!r} needs its folder; only synth360 and real360 have "
+                             "default folders")
+        resolved.append(DatasetPart(name, root, dict(options)))
+    from rl_scaniqa.envs.features.backbones import make_backbone
+
+    caches = Path(cache_dir) if cache_dir is not None else home_path / CACHE_FOLDER
+    return get_or_build_cache(load_combined(resolved), make_backbone(backbone), grid or ViewportGrid(),
+                              caches, dataset=combined_name(resolved),
+                              augmentations=tuple(augmentations), progress=progress, workers=workers)
 
 
 def shipped_cache_bytes(home: str | os.PathLike[str], progress: bool = True) -> bytes:

@@ -13,7 +13,11 @@ jufe     :func:`load_jufe`         ``labels``, ``condition``, ``hm_root``, ``gri
 csv      :func:`load_csv_folder`   ``labels``, ``allow_outside_root``
 synth360 :func:`load_synth360`     ``labels``, ``allow_outside_root`` (a folder the Synth360
                                    generator wrote: its manifest is checked)
+real360  :func:`load_real360`      ``labels``, ``allow_outside_root`` (a folder
+                                   ``rl-scaniqa real360`` wrote; ``ref_id`` = place)
 ======== ========================= ==================================================
+
+:func:`load_combined` reads several into one list with distinct reference groups.
 
 Loaders never decode images, they only check that the files exist. Bad input raises:
 
@@ -32,6 +36,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from rl_scaniqa.envs.data.datasets.combined import DatasetPart, combined_name, load_combined
 from rl_scaniqa.envs.data.datasets.csv_folder import load_csv_folder
 from rl_scaniqa.envs.data.datasets.cviqd import cviqd_image_info, load_cviqd
 from rl_scaniqa.envs.data.datasets.jufe import load_jufe
@@ -54,6 +59,7 @@ from rl_scaniqa.envs.data.datasets.splits import (
     repeated_splits,
     split_by_reference,
 )
+from rl_scaniqa.envs.data.datasets.real360 import load_real360
 from rl_scaniqa.envs.data.datasets.synth360 import load_synth360
 from rl_scaniqa.envs.errors import DatasetError
 
@@ -63,6 +69,7 @@ LOADERS: dict[str, Callable[..., list[PanoramaRecord]]] = {
     "jufe": load_jufe,
     "csv": load_csv_folder,
     "synth360": load_synth360,
+    "real360": load_real360,
 }
 DATASET_NAMES: tuple[str, ...] = tuple(LOADERS)
 
@@ -94,6 +101,10 @@ def load_dataset(name: str, root: PathLike, **options: Any) -> list[PanoramaReco
 
 
 __all__ = [
+    "DatasetPart",
+    "combined_name",
+    "load_combined",
+    "load_real360",
     "FitValTestSplit",
     "fit_val_test_split",
     "DATASET_NAMES",

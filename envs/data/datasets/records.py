@@ -147,6 +147,7 @@ MOS_SCALES: dict[str, MosScale] = {
     "oiqa": MosScale(1.0, 10.0),
     "jufe": MosScale(1.0, 5.0),
     "synth360": MosScale(1.0, 5.0),
+    "real360": MosScale(1.0, 5.0),
 }
 
 
@@ -163,6 +164,16 @@ def mos_scale_for(name: str, records: Sequence[PanoramaRecord]) -> MosScale:
     key = name.strip().lower()
     if key in MOS_SCALES:
         return MOS_SCALES[key]
+    if "+" in key:
+        # A combination (``synth360+real360``): one shared scale, or the targets would not mean
+        # the same thing on both sides.
+        scales = {part: MOS_SCALES.get(part) for part in key.split("+")}
+        if None in scales.values() or len(set(scales.values())) != 1:
+            listed = ", ".join(f"{part} {scale.low:g}-{scale.high:g}" if scale else f"{part} unknown"
+                               for part, scale in scales.items())
+            raise DatasetError(f"datasets combined as {name!r} need one shared published MOS "
+                               f"scale; got {listed}")
+        return next(iter(scales.values()))  # type: ignore[return-value]
     if key != "csv":
         known = ", ".join([*MOS_SCALES, "csv"])
         raise DatasetError(f"no MOS scale for dataset {name!r}; known: {known}")

@@ -92,9 +92,6 @@ finished: generating again with the same arguments does nothing.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -107,12 +104,19 @@ import numpy as np
 
 from rl_scaniqa.envs.data import distortions as dist
 from rl_scaniqa.envs.data.geometry import ViewportGrid, extract_viewports
-from rl_scaniqa.envs.data.imageio import write_image
-from rl_scaniqa.envs.data.datasets.csv_folder import load_csv_folder
-from rl_scaniqa.envs.data.datasets.records import PanoramaRecord, PathLike, require_directory
-from rl_scaniqa.envs.errors import DatasetError
+from rl_scaniqa.envs.data.datasets.generated import (
+    LABEL_COLUMNS,
+    LABELS_NAME,
+    GeneratedLayout,
+    LabelRow,
+    load_generated,
+    prepare_folder,
+    write_distortion_group,
+    write_labels,
+)
+from rl_scaniqa.envs.data.datasets.records import PanoramaRecord, PathLike
 from rl_scaniqa.envs.progress import progress_bar
-from rl_scaniqa.envs.storage import atomic_write_json, atomic_write_text
+from rl_scaniqa.envs.storage import atomic_write_json
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -121,6 +125,7 @@ __all__ = [
     "LABEL_COLUMNS",
     "MANIFEST_NAME",
     "QUICK_N_REFS",
+    "ReferenceViews",
     "SCOPES",
     "SYNTH360_VERSION",
     "DistortionSpec",
@@ -142,11 +147,7 @@ QUICK_COMBOS = 3
 DEFAULT_WIDTH = 1024
 DEFAULT_LEVELS: tuple[int, ...] = (1, 3, 5)
 SCOPES: tuple[str, ...] = ("global", "local")
-LABEL_COLUMNS: tuple[str, ...] = (
-    "path", "mos", "ref", "distortion", "level", "scope", "cap_yaw", "cap_pitch", "cap_radius",
-)
 MANIFEST_NAME = "synth360.json"
-LABELS_NAME = "labels.csv"
 IMAGES_DIR = "images"
 
 # Independent random streams per content (the third entry of the seed sequence).
@@ -156,7 +157,10 @@ _CAP_RADIUS_RANGE = (25.0, 40.0)
 _CAP_FEATHER = 10.0
 _FRONT_AVOID_DEG = 45.0
 _FRONT_WEIGHT = 0.25
-_NAME_PATTERN = re.compile(r"^c\d{3,}_(ref|[a-z0-9]+_(global|local)_[1-5])\.png$")
+LAYOUT = GeneratedLayout(
+    dataset="synth360", title="Synth360", manifest_name=MANIFEST_NAME,
+    image_pattern=re.compile(r"^c\d{3,}_(ref|[a-z0-9]+_(global|local)_[1-5])\.png$"),
+    generate_hint="generate one with rl-scaniqa synth")
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,7 +227,7 @@ def _gauss(x: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(x, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
 
 
-class _ReferenceViews:
+class ReferenceViews:
     """A reference's viewports and their SSIM statistics, computed once per content."""
 
     def __init__(self, reference: np.ndarray, formula: MosFormula) -> None:
@@ -247,7 +251,7 @@ def viewport_ssim(reference: np.ndarray, distorted: np.ndarray, *,
                   formula: MosFormula = MosFormula()) -> np.ndarray:
     """SSIM of every viewport of the default grid, ``float64 (V,)``, in the grid's index order."""
     _check_pair(reference, distorted)
-    return _ReferenceViews(reference, formula).ssim(distorted)
+    return ReferenceViews(reference, formula).ssim(distorted)
 
 
 def pseudo_mos(reference: np.ndarray, distorted: np.ndarray, *, formula: MosFormula = MosFormula()) -> float:
@@ -764,19 +768,24 @@ def _manifest(*, seed: int, n_refs: int, width: int, quick: bool, levels: Sequen
         "n_images": int(n_refs * (1 + combos_per_ref * len(levels))),
         "label_columns": list(LABEL_COLUMNS),
         "mos_formula": asdict(formula),
-        "distortion_parameters": {
-            "jpeg_quality": list(dist.JPEG_QUALITY),
-            "jpeg2000_rate_x1000": list(dist.JPEG2000_RATE_X1000),
-            "blur_sigma_deg": list(dist.BLUR_SIGMA_DEG),
-            "noise_sigma": list(dist.NOISE_SIGMA),
-            "overexposure_stops": list(dist.OVEREXPOSURE_STOPS),
-            "underexposure_stops": list(dist.UNDEREXPOSURE_STOPS),
-            "underexposure_black": dist.UNDEREXPOSURE_BLACK,
-            "stitch_shift_deg": list(dist.STITCH_SHIFT_DEG),
-            "stitch_zone_deg": list(dist.STITCH_ZONE_DEG),
-            "cap_radius_deg": list(_CAP_RADIUS_RANGE),
-            "cap_feather_deg": _CAP_FEATHER,
-        },
+        "distortion_parameters": distortion_parameters(),
+    }
+
+
+def distortion_parameters() -> dict:
+    """The distortion generator's parameters, recorded in every generated manifest."""
+    return {
+        "jpeg_quality": list(dist.JPEG_QUALITY),
+        "jpeg2000_rate_x1000": list(dist.JPEG2000_RATE_X1000),
+        "blur_sigma_deg": list(dist.BLUR_SIGMA_DEG),
+        "noise_sigma": list(dist.NOISE_SIGMA),
+        "overexposure_stops": list(dist.OVEREXPOSURE_STOPS),
+        "underexposure_stops": list(dist.UNDEREXPOSURE_STOPS),
+        "underexposure_black": dist.UNDEREXPOSURE_BLACK,
+        "stitch_shift_deg": list(dist.STITCH_SHIFT_DEG),
+        "stitch_zone_deg": list(dist.STITCH_ZONE_DEG),
+        "cap_radius_deg": list(_CAP_RADIUS_RANGE),
+        "cap_feather_deg": _CAP_FEATHER,
     }
 
 
@@ -788,70 +797,7 @@ def load_synth360(root: PathLike, *, labels: PathLike = LABELS_NAME,
         DatasetError: ``root`` has no readable Synth360 manifest (``synth360.json``), i.e. it is
             not a Synth360 folder; plus whatever :func:`load_csv_folder` raises.
     """
-    folder = require_directory(root, "Synth360 dataset")
-    manifest_path = folder / MANIFEST_NAME
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DatasetError(f"{folder}: not a Synth360 dataset (no {MANIFEST_NAME}); generate one "
-                           "with rl-scaniqa synth, or load your own labelled folder as "
-                           "--dataset csv") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DatasetError(f"{manifest_path}: unreadable Synth360 manifest ({error})") from None
-    if not isinstance(manifest, dict) or manifest.get("dataset") != "synth360":
-        raise DatasetError(f"{manifest_path}: not a Synth360 manifest")
-    return load_csv_folder(folder, labels=labels, allow_outside_root=allow_outside_root)
-
-
-def _is_complete(root: Path, n_images: int) -> bool:
-    """``labels.csv`` lists ``n_images`` rows and every listed image exists."""
-    labels = root / LABELS_NAME
-    if not labels.is_file():
-        return False
-    with open(labels, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    return len(rows) == n_images and all((root / row["path"]).is_file() for row in rows)
-
-
-def _prepare_folder(root: Path, manifest: dict, overwrite: bool) -> bool:
-    """Make ``root`` ready for generation; return True when it already holds this exact dataset.
-
-    Raises:
-        DatasetError: ``root`` holds another Synth360 configuration (without ``overwrite``), an
-            unreadable manifest, or files that are not a Synth360 dataset.
-    """
-    manifest_path = root / MANIFEST_NAME
-    if manifest_path.is_file():
-        try:
-            existing = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DatasetError(f"{manifest_path}: unreadable Synth360 manifest ({exc})") from exc
-        if existing == manifest:
-            if _is_complete(root, manifest["n_images"]):
-                return True
-        elif not overwrite:
-            changed = sorted(k for k in set(existing) | set(manifest) if existing.get(k) != manifest.get(k))
-            raise DatasetError(
-                f"{manifest_path}: folder holds Synth360 generated with other settings "
-                f"(differs in: {', '.join(changed)}); pass overwrite=True (--overwrite) or choose another folder")
-        # Our own folder, stale or unfinished: drop the old labels first so that it can never
-        # look complete while images of two configurations are mixed.
-        (root / LABELS_NAME).unlink(missing_ok=True)
-        manifest_path.unlink()
-        images = root / IMAGES_DIR
-        if images.is_dir():
-            for path in images.iterdir():
-                if _NAME_PATTERN.match(path.name):
-                    path.unlink()
-    elif root.exists():
-        if not root.is_dir():
-            raise DatasetError(f"{root}: exists and is not a folder")
-        foreign = [p.name for p in root.iterdir() if not (p.name == IMAGES_DIR and p.is_dir() and not any(p.iterdir()))]
-        if foreign:
-            raise DatasetError(
-                f"{root}: folder is not empty and has no {MANIFEST_NAME}, so it is not a Synth360 dataset "
-                f"(found {', '.join(sorted(foreign)[:5])}); choose an empty or new folder")
-    return False
+    return load_generated(root, LAYOUT, labels=labels, allow_outside_root=allow_outside_root)
 
 
 def generate_synth360(
@@ -904,39 +850,19 @@ def generate_synth360(
     formula = MosFormula()
     manifest = _manifest(seed=seed, n_refs=n_refs, width=width, quick=quick, levels=levels,
                          combos_per_ref=combos_per_ref, formula=formula)
-    if _prepare_folder(root, manifest, overwrite):
+    if prepare_folder(root, manifest, overwrite, LAYOUT):
         return root
     images = root / IMAGES_DIR
     images.mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / MANIFEST_NAME, manifest)
 
     plan = _combinations(seed, n_refs, combos_per_ref)
-    rows: list[tuple[object, ...]] = []
+    rows: list[LabelRow] = []
     with progress_bar("Synth360", manifest["n_images"], unit="img", enabled=progress) as bar:
         for index, combos in enumerate(plan):
             name = _content_name(index)
             reference = render_reference(index, width=width, seed=seed)
-            write_image(images / f"{name}_ref.png", reference)
-            rows.append((f"{IMAGES_DIR}/{name}_ref.png", _format_mos(formula.mos_high), name, "reference", 0, "none",
-                         "", "", ""))
-            bar.advance()
-            scorer = _ReferenceViews(reference, formula)
-            for spec in plan_distortions(reference, index, combos, seed=seed, levels=levels):
-                distorted = distort(reference, spec)
-                mos = formula.mos(formula.pool(scorer.ssim(distorted)))
-                write_image(images / spec.file_name, distorted)
-                cap = ("", "", "") if spec.cap is None else tuple(f"{value:.3f}" for value in spec.cap[:3])
-                rows.append((f"{IMAGES_DIR}/{spec.file_name}", _format_mos(mos), name, spec.kind, spec.level,
-                             spec.scope, *cap))
-                bar.advance()
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(LABEL_COLUMNS)
-    writer.writerows(rows)
-    atomic_write_text(root / LABELS_NAME, buffer.getvalue())
+            specs = plan_distortions(reference, index, combos, seed=seed, levels=levels)
+            rows += write_distortion_group(images, name, name, reference, specs, formula, bar)
+    write_labels(root, LABEL_COLUMNS, rows)
     return root
-
-
-def _format_mos(value: float) -> str:
-    # Six decimals keep the strict level ordering that tiny MOS steps carry; more is noise.
-    return f"{value:.6f}"
