@@ -35,7 +35,9 @@ class ModelLoadError(RLScanIQAError, ValueError):
 
 
 MODEL_FORMAT = "rl_scaniqa.model"
-MODEL_VERSION = 1
+#: 2: trained on features of the canonical-density ERP (``canonical_erp``); version 1 models saw
+#: the native resolution and would be fed features they never learnt from.
+MODEL_VERSION = 2
 POLICY_NAME = "policy.zip"
 MODEL_CONFIG_NAME = "model.json"
 
@@ -86,8 +88,10 @@ class ScanIQAModel:
         except json.JSONDecodeError as error:
             raise ValueError(f"{config_path}: not valid JSON ({error})") from None
         if document.get("format") != MODEL_FORMAT or document.get("version") != MODEL_VERSION:
+            hint = ("; version 1 models were trained on native-resolution features: retrain with this "
+                    "release" if document.get("format") == MODEL_FORMAT and document.get("version") == 1 else "")
             raise ValueError(f"{config_path}: not an RL-ScanIQA model of version {MODEL_VERSION} "
-                             f"(format {document.get('format')!r}, version {document.get('version')!r})")
+                             f"(format {document.get('format')!r}, version {document.get('version')!r}){hint}")
         def read_field(name: str, parse: Callable[[Any], T]) -> T:
             try:
                 return parse(document[name])

@@ -390,7 +390,7 @@ class Scorer:
     def min_erp_width(self) -> int:
         """Narrowest ERP (pixels) the grid's viewports can be rendered from (:data:`MAX_UPSAMPLING`)."""
         grid = self.model.grid
-        return math.ceil(360.0 * grid.size / (grid.fov_deg * MAX_UPSAMPLING))
+        return math.ceil(grid.erp_width / MAX_UPSAMPLING)
 
     def memory_need(self, batch_size: int) -> int:
         """Bytes of the scanpath arrays of one policy batch of ``batch_size`` images.

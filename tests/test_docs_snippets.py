@@ -73,13 +73,19 @@ def readme_env_snippet() -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["script", "stdin"])
-def test_readme_snippet_runs_unguarded_on_an_empty_home(tmp_path, how):
-    # No `if __name__ == "__main__":` guard, as most people write it: the first gym.make builds
-    # the default data and must not start worker processes that re-run this script (they would
-    # wait forever on the data lock the parent holds, or fail to re-import stdin).
+@pytest.mark.parametrize("data", ["shipped", "built"])
+def test_readme_snippet_runs_unguarded_on_an_empty_home(tmp_path, how, data):
+    # No `if __name__ == "__main__":` guard, as most people write it. With default arguments
+    # gym.make only loads the shipped cache; with a cache_dir it builds the default data, and
+    # that build must not start worker processes that re-run this script (they would wait
+    # forever on the data lock the parent holds, or fail to re-import stdin).
     snippet = readme_env_snippet()
-    assert 'gym.make("Panorama360Env-v0")' in snippet
-    env = {**os.environ, "RL_SCANIQA_HOME": str(tmp_path / "home")}
+    call = 'gym.make("Panorama360Env-v0")'
+    assert call in snippet
+    home, cache = tmp_path / "home", tmp_path / "cache"
+    if data == "built":
+        snippet = snippet.replace(call, f'gym.make("Panorama360Env-v0", cache_dir={str(cache)!r})')
+    env = {**os.environ, "RL_SCANIQA_HOME": str(home)}
     if how == "script":
         script = tmp_path / "t.py"
         script.write_text(snippet + "print('stepped', reward)\n")
@@ -90,7 +96,11 @@ def test_readme_snippet_runs_unguarded_on_an_empty_home(tmp_path, how):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "stepped" in done.stdout
-    assert (tmp_path / "home" / "synth360-quick" / "labels.csv").is_file()
+    if data == "shipped":
+        assert not home.exists() or not any(home.iterdir()), "the shipped cache should be loaded, not built"
+    else:
+        assert (home / "synth360-quick" / "labels.csv").is_file()
+        assert any(cache.glob("*.safetensors")), "the cache should have been built in cache_dir"
 
 
 def module_map_files(path: Path = ARCHITECTURE) -> list[str]:

@@ -18,7 +18,7 @@ from skimage.metrics import structural_similarity
 
 from rl_scaniqa.envs.data.datasets.records import MosScale, PanoramaRecord
 from rl_scaniqa.envs.data.distortions import DISTORTIONS, apply_distortion
-from rl_scaniqa.envs.data.geometry import ViewportGrid, extract_viewports
+from rl_scaniqa.envs.data.geometry import ViewportGrid, canonical_erp, extract_viewports
 from rl_scaniqa.envs.data.imageio import read_erp
 from rl_scaniqa.envs.errors import CacheError, DatasetError, ImageError
 from rl_scaniqa.envs.features.backbones import Backbone, NSSBackbone
@@ -149,7 +149,8 @@ def test_shapes_dtypes_and_labels(dataset, built):
     np.testing.assert_array_equal(cache.caps[3], np.float32([-120.5, 12.25, 30.0]))
     assert np.isnan(np.delete(cache.caps, 3, axis=0)).all()
     erp = read_erp(dataset[3].path)
-    np.testing.assert_array_equal(cache.thumbnails[3], cv2.resize(erp, (256, 256 // 2), interpolation=cv2.INTER_AREA))
+    np.testing.assert_array_equal(cache.thumbnails[3], cv2.resize(canonical_erp(erp, GRID), (256, 256 // 2),
+                                                                interpolation=cv2.INTER_AREA))
     metadata, _ = _contents(built)
     assert metadata["grid_key"] == GRID.key() and json.loads(metadata["augmentations"]) == list(VIEWS)
     assert metadata["key"] in built.name and len(metadata["fingerprint"]) == 64
@@ -160,7 +161,8 @@ def test_features_entropy_and_ssim_match_direct_computations(dataset, built):
     cache = load_cache(built)
     backbone = NSSBackbone()
     for k in (0, 5):
-        erp = read_erp(dataset[k].path)
+        # The cache projects from the canonical-density ERP, whatever the file's own width.
+        erp = canonical_erp(read_erp(dataset[k].path), GRID)
         viewports = extract_viewports(erp, GRID)
         np.testing.assert_allclose(cache.viewport_features[k], backbone(viewports), rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(cache.global_features[k], backbone.global_features(erp, GRID.size),
@@ -425,7 +427,7 @@ def test_augmented_views_are_real_distortions_ordered_by_severity(dataset, built
     for a, view in enumerate(VIEWS):
         choice = augmentation_for(dataset[k].image_id, view)
         distorted = apply_distortion(erp, choice.kind, choice.level, np.random.default_rng(choice.seed))
-        np.testing.assert_allclose(cache.aug_viewport_features[k, a], backbone(extract_viewports(distorted, GRID)),
+        np.testing.assert_allclose(cache.aug_viewport_features[k, a], backbone(extract_viewports(canonical_erp(distorted, GRID), GRID)),
                                    rtol=1e-6, atol=1e-6)
     assert np.isfinite(cache.aug_viewport_features).all() and np.isfinite(cache.aug_global_features).all()
     stats = FeatureStats.fit(cache)

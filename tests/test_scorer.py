@@ -160,6 +160,13 @@ def test_missing_or_mismatched_model_is_a_clear_error(model_dir: Path, tmp_path:
         Scorer.from_pretrained(broken, device="cpu")
     with pytest.raises(ScorerError, match="unknown backbone"):
         Scorer.from_pretrained(model_dir, device="cpu", backbone="resnet")
+    # A model of the previous version saw native-resolution features: refused with the reason.
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    document = json.loads((old / "model.json").read_text())
+    (old / "model.json").write_text(json.dumps({**document, "version": 1}))
+    with pytest.raises(ScorerError, match="version 1 models were trained on native-resolution features"):
+        Scorer.from_pretrained(old, device="cpu")
 
 
 def test_a_bad_file_is_reported_and_the_others_are_scored(scorer: Scorer, folder: Path) -> None:

@@ -230,7 +230,7 @@ def test_global_distance_is_the_standardised_rms() -> None:
 
 
 def test_constant_and_grey_images_lie_far_from_the_training_features() -> None:
-    """On the shipped model (stats of its Synth360 training features), not a random one."""
+    """On the shipped model (stats of its Synth360 + Real360 training features), not a random one."""
     from rl_scaniqa.envs.data.datasets.synth360 import render_reference
 
     shipped = Scorer.from_pretrained(device="cpu", k=2)
@@ -240,5 +240,5 @@ def test_constant_and_grey_images_lie_far_from_the_training_features() -> None:
     greyed = shipped.score(grey)
     constant = shipped.score(np.full((512, 1024, 3), 128, np.uint8))
     assert clean.ood is False and clean.ood_distance < shipped.ood_threshold
-    assert greyed.ood_distance > 2.0 * clean.ood_distance
+    assert greyed.ood is True and greyed.ood_distance > 1.5 * clean.ood_distance
     assert constant.ood is True and constant.ood_distance > 3.0 * clean.ood_distance

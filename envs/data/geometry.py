@@ -36,6 +36,14 @@ For the default 8 x 4 grid (FOV 90, 224 px)::
     row 2, pitch -22.5: indices 16..23
     row 3, pitch -67.5: indices 24..31
 
+Sampling density
+----------------
+Features must not depend on how many pixels a panorama happens to have. The cache, the env's
+data and the scorer therefore render every viewport from :func:`canonical_erp`: the ERP
+area-resampled to :attr:`ViewportGrid.erp_width` (896 x 448 for the default grid), where an ERP
+pixel spans about the angle of a viewport pixel. :func:`extract_viewports` itself renders
+whatever ERP it is given, so that it stays comparable with py360convert.
+
 Performance
 -----------
 :func:`extract_viewports` renders all V viewports with one ``cv2.remap`` call on a
@@ -59,6 +67,7 @@ import numpy as np
 
 __all__ = [
     "ViewportGrid",
+    "canonical_erp",
     "coverage_matrix",
     "extract_viewport",
     "extract_viewports",
@@ -151,6 +160,16 @@ class ViewportGrid:
         return np.stack(
             [np.tile(yaws, self.n_lat), np.repeat(pitches, self.n_lon)], axis=1
         )
+
+    @property
+    def erp_width(self) -> int:
+        """Width of the canonical ERP (:func:`canonical_erp`): one ERP pixel spans ``fov / size``
+        degrees, the mean angle of a viewport pixel (896 px for the default 8 x 4, 90°, 224 px grid).
+
+        Even, so the height is exactly half; capped at cv2.remap's side limit.
+        """
+        half = max(round(180.0 * self.size / self.fov_deg), 1)
+        return 2 * min(half, _MAX_REMAP_SIDE // 2)
 
     def key(self) -> str:
         """Stable identifier for cache keys, e.g. ``"lon8-lat4-fov90-s224"``."""
@@ -300,6 +319,24 @@ def _remap(erp: np.ndarray, chunks: _RemapChunks, n_viewports: int, size: int) -
         )
         start = stop
     return out.reshape(n_viewports, size, size, 3)
+
+
+def canonical_erp(erp: np.ndarray, grid: ViewportGrid) -> np.ndarray:
+    """``erp`` resampled to the grid's canonical sampling density, ``(erp_width / 2, erp_width, 3)``.
+
+    Every feature (viewports, global view, panorama statistics) is computed from this ERP, so a
+    panorama gives the same features at any width. Remapping a much wider ERP straight into
+    viewports reads 2 x 2 pixels of each 4 x 4 that a viewport pixel covers (aliasing, and
+    sharper, noisier viewports the wider the input); area resampling first averages all of them.
+    A narrower ERP is upsampled bilinearly, as the remap would have sampled it.
+    See :attr:`ViewportGrid.erp_width`.
+    """
+    erp = _check_erp(erp)
+    width = grid.erp_width
+    if erp.shape[:2] == (width // 2, width):
+        return erp
+    shrinking = erp.shape[1] > width
+    return cv2.resize(erp, (width, width // 2), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def extract_viewports(erp: np.ndarray, grid: ViewportGrid) -> np.ndarray:

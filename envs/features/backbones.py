@@ -143,9 +143,9 @@ class Backbone(abc.ABC):
     def global_features(self, erp: np.ndarray, size: int) -> np.ndarray:
         """The global descriptor of a whole ERP, float32 ``(dim,)``.
 
-        The default embeds :func:`global_view` like any other image. Backbones that can use the
-        native-resolution panorama (codec block grids are only visible there: viewports and the
-        global view are resampled) override this; the feature cache and the scorer call it.
+        The default embeds :func:`global_view` like any other image. Backbones with statistics of
+        the whole panorama override this; the feature cache and the scorer call it with the
+        canonical-density ERP (``canonical_erp``), so ``erp`` has the same size whatever the input.
         """
         return self(global_view(erp, size)[None])[0]
 
@@ -360,7 +360,7 @@ def _band_statistics(grey: np.ndarray, half: np.ndarray,
 
 
 def _panorama_statistics(erp: np.ndarray) -> np.ndarray:
-    """The ``pano_*`` features of one native-resolution ERP, float64 ``(len(_PANORAMA_FEATURES),)``."""
+    """The ``pano_*`` features of one ERP, float64 ``(len(_PANORAMA_FEATURES),)``."""
     luma = cv2.cvtColor(erp, cv2.COLOR_RGB2GRAY).astype(np.float32)
     return np.concatenate([_blockiness(luma), _tile_contrasts(erp)])
 
@@ -379,11 +379,11 @@ def _block_profile_ratio(profile: np.ndarray, phase: int | None) -> tuple[float,
 
 
 def _blockiness(luma: np.ndarray) -> np.ndarray:
-    """8x8 block-grid strength of the native-resolution luma, whole image and 4 x 8 tiles.
+    """8x8 block-grid strength of the luma, whole image and 4 x 8 tiles.
 
     JPEG (and the AVC/HEVC intra blocks of CVIQD) quantise 8x8 blocks independently, so the mean
     absolute step between neighbouring pixels is larger across block boundaries than inside
-    blocks. Only the native ERP keeps that grid; any resampling smears it.
+    blocks. Only an image at the codec's own resolution keeps that grid; resampling smears it.
     """
     height, width = luma.shape
     dx = np.abs(np.diff(luma, axis=1)) if width > 1 else np.zeros((height, 0), np.float32)
@@ -507,7 +507,7 @@ class NSSBackbone(Backbone):
     ``lum_p{1,10,50,90,99}``       Grey-level quantiles / 255: exposure and tone compression.
     ``rgb_clip_high``, ``_low``    Fraction of pixels whose brightest channel is >= 254 / <= 2.
     ``pano_*`` (25)                Whole-panorama block, filled only by :meth:`global_features` from
-                                   the *native-resolution* ERP (0 for viewports and plain images):
+                                   the *canonical-density* ERP (0 for viewports and plain images):
                                    ``pano_block_h/v``: ``log`` of the mean absolute neighbour step at
                                    the strongest position modulo 8 over its median over the 8 positions
                                    (JPEG/AVC/HEVC block grids, phase-searched); ``pano_block_tile_max``,
@@ -521,7 +521,10 @@ class NSSBackbone(Backbone):
     =============================  ====================================================================
 
     Viewports and the global view are resampled from the ERP, so a codec's block grid is neither
-    aligned with nor at period 8 in them; that is why blockiness lives in the ``pano_*`` block.
+    aligned with nor at period 8 in them. ``pano_block_*`` measures it on the ERP it is given; the
+    cache and the scorer give the canonical-density ERP (896 px wide for the default grid), where
+    a grid survives only from inputs of about that width: resolution independence costs the
+    block detector its native grid.
 
     All features are finite for flat, saturated and tiny (down to 1x1) images. Runs on the CPU;
     OpenCV's thread pool parallelises the filters.
@@ -567,12 +570,12 @@ class NSSBackbone(Backbone):
         brightest = rows.reshape(n, height * width, 3).max(axis=2)
         features += [(brightest >= 254).mean(axis=1), (brightest <= 2).mean(axis=1)]
         # The panorama-level block is defined for whole ERPs only (global_features); a lone image
-        # (a viewport, or a global view embedded without its ERP) has no native grid or tiles.
+        # (a viewport, or a global view embedded without its ERP) has no whole-panorama grid or tiles.
         features += [np.zeros(n)] * len(_PANORAMA_FEATURES)
         return np.stack(features, axis=1).astype(np.float32)
 
     def global_features(self, erp: np.ndarray, size: int) -> np.ndarray:
-        """Features of :func:`global_view` with the ``pano_*`` block computed on the native ERP."""
+        """Features of :func:`global_view` with the ``pano_*`` block computed on the whole ``erp``."""
         features = self(global_view(erp, size)[None])[0]
         features[-len(_PANORAMA_FEATURES):] = _panorama_statistics(erp)
         return features
@@ -820,7 +823,7 @@ class FusionBackbone(Backbone):
         return np.concatenate([part(images) for part in self.parts], axis=1)
 
     def global_features(self, erp: np.ndarray, size: int) -> np.ndarray:
-        """Each part's own global descriptor (NSS's uses the native ERP), concatenated."""
+        """Each part's own global descriptor (NSS's uses the whole ERP), concatenated."""
         return np.concatenate([part.global_features(erp, size) for part in self.parts])
 
 
@@ -829,7 +832,7 @@ class CountingBackbone(Backbone):
 
     Benchmarks and tests use it to check that scoring a panorama costs exactly V + 1 backbone
     images (V viewports and the global descriptor) whatever K and T; every call, including the
-    wrapped backbone's native-resolution global descriptor, goes to ``inner`` unchanged.
+    wrapped backbone's whole-panorama global descriptor, goes to ``inner`` unchanged.
     """
 
     def __init__(self, inner: Backbone) -> None:

@@ -145,7 +145,7 @@ from rl_scaniqa.envs.data.datasets.records import (
     mos_scale_for,
 )
 from rl_scaniqa.envs.data.distortions import apply_distortion
-from rl_scaniqa.envs.data.geometry import ViewportGrid, extract_viewports
+from rl_scaniqa.envs.data.geometry import ViewportGrid, canonical_erp, extract_viewports
 from rl_scaniqa.envs.data.imageio import read_erp
 from rl_scaniqa.envs.errors import CacheError, DatasetError, ImageError
 from rl_scaniqa.envs.features.backbones import Backbone, global_view, grey_entropy
@@ -188,7 +188,8 @@ __all__ = [
 #: Bumped whenever the content or layout of a cache changes; part of the key.
 #: 2: the ``caps`` array (damaged cap of local distortions).
 #: 3: the ``digests`` metadata (SHA-256 of every array and of the other metadata, checked on load).
-FORMAT_VERSION = 3
+#: 4: features computed from the canonical-density ERP (:func:`canonical_erp`), not the native one.
+FORMAT_VERSION = 4
 #: Side (pixels) to which grey viewports are downsampled before the pairwise SSIM.
 SSIM_RESOLUTION = 64
 #: (height, width) of the stored ERP thumbnails.
@@ -706,8 +707,8 @@ def _run_backbone(backbone: Backbone, images: np.ndarray, name: str, what: str) 
 
 
 def _run_global(backbone: Backbone, projected: ProjectedImage, name: str, what: str) -> np.ndarray:
-    """The global descriptor (D,): :meth:`Backbone.global_features` of the native ERP when the
-    projection kept it (codec block grids exist only there), else of the global view."""
+    """The global descriptor (D,): :meth:`Backbone.global_features` of the projected ERP when
+    the projection kept it, else of the global view."""
     if projected.erp is not None:
         features = backbone.global_features(projected.erp, projected.global_view.shape[0])
     else:
@@ -734,8 +735,8 @@ class ProjectedImage:
         viewports: ``uint8 (V, S, S, 3)``, :func:`extract_viewports` on the grid.
         global_view: ``uint8 (S, 2S, 3)``, :func:`global_view`, input of the global descriptor.
         thumbnail: ``uint8 (128, 256, 3)`` (``cv2.INTER_AREA``), for rendering only.
-        erp: the native ERP itself (a reference, not a copy), for :meth:`Backbone.global_features`;
-            None falls back to embedding ``global_view``.
+        erp: the canonical-density ERP the rest was rendered from, for
+            :meth:`Backbone.global_features`; None falls back to embedding ``global_view``.
     """
 
     viewports: np.ndarray
@@ -747,10 +748,14 @@ class ProjectedImage:
 def project_image(erp: np.ndarray, grid: ViewportGrid) -> ProjectedImage:
     """Viewports, global view and thumbnail of one ERP (``uint8 (H, 2H, 3)`` RGB), as the cache uses them.
 
-    Only OpenCV resampling, which releases the GIL: the scorer runs it in its reader thread.
+    All of them come from :func:`canonical_erp` (the grid's canonical sampling density), so that
+    the same panorama gives the same features at any resolution. Only OpenCV resampling, which
+    releases the GIL: the scorer runs it in its reader thread.
     """
-    return ProjectedImage(viewports=extract_viewports(erp, grid), global_view=global_view(erp, grid.size),
-                          thumbnail=cv2.resize(erp, THUMBNAIL_SHAPE[::-1], interpolation=cv2.INTER_AREA), erp=erp)
+    canonical = canonical_erp(erp, grid)
+    return ProjectedImage(viewports=extract_viewports(canonical, grid), global_view=global_view(canonical, grid.size),
+                          thumbnail=cv2.resize(canonical, THUMBNAIL_SHAPE[::-1], interpolation=cv2.INTER_AREA),
+                          erp=canonical)
 
 
 def encode_projected(projected: ProjectedImage, backbone: Backbone, name: str = "<array>") -> dict[str, np.ndarray]:
@@ -779,14 +784,12 @@ def encode_projected(projected: ProjectedImage, backbone: Backbone, name: str = 
 
 def _encode(image: np.ndarray, backbone: Backbone, grid: ViewportGrid, record: PanoramaRecord,
             view: str) -> tuple[np.ndarray, np.ndarray]:
-    """Viewport features (V, D) and global feature (D,) of one (augmented) ERP.
-
-    Two backbone calls, because the viewports (S x S) and the global view (S x 2S) differ in size.
-    """
+    """Viewport features (V, D) and global feature (D,) of one (augmented) ERP, projected as
+    :func:`project_image` projects every image."""
     name = str(record.path)
-    local = _run_backbone(backbone, extract_viewports(image, grid), name, f"viewports ({view})")
-    overall = _check_features(backbone, backbone.global_features(image, grid.size)[None], name, f"global view ({view})")
-    return local, overall[0]
+    projected = project_image(image, grid)
+    local = _run_backbone(backbone, projected.viewports, name, f"viewports ({view})")
+    return local, _run_global(backbone, projected, name, f"global view ({view})")
 
 
 def _compute_chunk(records: Sequence[PanoramaRecord], backbone: Backbone, grid: ViewportGrid,
