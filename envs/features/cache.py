@@ -707,12 +707,8 @@ def _run_backbone(backbone: Backbone, images: np.ndarray, name: str, what: str) 
 
 
 def _run_global(backbone: Backbone, projected: ProjectedImage, name: str, what: str) -> np.ndarray:
-    """The global descriptor (D,): :meth:`Backbone.global_features` of the projected ERP when
-    the projection kept it, else of the global view."""
-    if projected.erp is not None:
-        features = backbone.global_features(projected.erp, projected.global_view.shape[0])
-    else:
-        features = backbone(projected.global_view[None])[0]
+    """The global descriptor (D,): :meth:`Backbone.global_features` of the projected ERP."""
+    features = backbone.global_features(projected.erp, projected.global_view.shape[0])
     return _check_features(backbone, np.asarray(features)[None], name, what)[0]
 
 
@@ -736,13 +732,13 @@ class ProjectedImage:
         global_view: ``uint8 (S, 2S, 3)``, :func:`global_view`, input of the global descriptor.
         thumbnail: ``uint8 (128, 256, 3)`` (``cv2.INTER_AREA``), for rendering only.
         erp: the canonical-density ERP the rest was rendered from, for
-            :meth:`Backbone.global_features`; None falls back to embedding ``global_view``.
+            :meth:`Backbone.global_features`.
     """
 
     viewports: np.ndarray
     global_view: np.ndarray
     thumbnail: np.ndarray
-    erp: np.ndarray | None = None
+    erp: np.ndarray
 
 
 def project_image(erp: np.ndarray, grid: ViewportGrid) -> ProjectedImage:
