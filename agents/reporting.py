@@ -127,3 +127,27 @@ def plot_distance_profiles(edges: np.ndarray, profiles: Mapping[str, np.ndarray]
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     return _save(figure, Path(path))
+
+
+def plot_grouped_bars(labels: Sequence[str], series: Mapping[str, Sequence[float]],
+                      path: str | Path, *, ylabel: str, title: str,
+                      ylim: tuple[float, float] | None = None,
+                      target: float | None = None) -> Path:
+    """One group of bars per label, one bar per series (e.g. methods), with an optional target
+    line; a nan value leaves its bar out."""
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.45 * len(labels) * max(len(series), 1)), 4))
+    width = 0.8 / max(len(series), 1)
+    positions = np.arange(len(labels), dtype=np.float64)
+    for k, (name, values) in enumerate(series.items()):
+        axis.bar(positions + (k - (len(series) - 1) / 2) * width,
+                 np.asarray(values, dtype=np.float64), width, label=name)
+    if target is not None:
+        axis.axhline(target, color="black", linewidth=0.8, linestyle="--", label=f"target {target:g}")
+    axis.set_xticks(positions, list(labels), rotation=30, ha="right")
+    if ylim is not None:
+        axis.set_ylim(*ylim)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=8, loc="lower left")
+    return _save(figure, Path(path))

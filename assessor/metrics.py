@@ -287,3 +287,37 @@ def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float
             "count": int(finite.size),
         }
     return summary
+
+
+def within_group_srcc(scores: ArrayLike, levels: ArrayLike,
+                      groups: Sequence[str]) -> dict[str, float]:
+    """Per group, the SRCC of the scores against ``-level``: does the score fall as damage grows?
+
+    The check of a scorer on distortion groups (one source image, one distortion kind and scope,
+    several levels, usually with the undistorted image as level 0), where the level order is the
+    truth and no MOS is needed. A group whose scores are all equal ranks nothing and gets 0.0
+    rather than nan, so a scorer cannot raise its mean by collapsing on hard groups.
+
+    Raises:
+        ValueError: lengths differ, a value is not finite, or a group has fewer than
+            :data:`MIN_ITEMS` images or a single level.
+    """
+    s = _as_vector(scores, "scores")
+    lv = _as_vector(levels, "levels")
+    names = list(groups)
+    if not s.size == lv.size == len(names):
+        raise ValueError(f"scores ({s.size}), levels ({lv.size}) and groups ({len(names)}) must "
+                         "have the same length")
+    members: dict[str, list[int]] = {}
+    for row, name in enumerate(names):
+        members.setdefault(name, []).append(row)
+    result: dict[str, float] = {}
+    for name, rows in members.items():
+        group_levels = lv[rows]
+        if len(rows) < MIN_ITEMS or np.ptp(group_levels) == 0.0:
+            raise ValueError(f"group {name!r} needs at least {MIN_ITEMS} images of at least two "
+                             f"levels, got levels {group_levels.tolist()}")
+        group_scores = s[rows]
+        result[name] = (0.0 if np.ptp(group_scores) == 0.0
+                        else float(stats.spearmanr(group_scores, -group_levels).statistic))
+    return result

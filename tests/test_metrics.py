@@ -17,6 +17,7 @@ from rl_scaniqa.assessor.metrics import (
     rmse,
     srcc,
     summarize,
+    within_group_srcc,
 )
 
 # Known data with ties on both sides (exercises tie handling of Spearman and tau-b).
@@ -180,3 +181,27 @@ def test_summarize_mean_std_and_nan_handling():
         summarize([{"srcc": 0.5}, {"plcc": 0.4}])
     with pytest.raises(ValueError, match="at least one"):
         summarize([])
+
+
+def test_within_group_srcc_orders_by_level_inside_each_group() -> None:
+    groups = ["a"] * 4 + ["b"] * 4 + ["c"] * 3
+    levels = [0, 1, 3, 5, 0, 1, 3, 5, 0, 1, 5]
+    scores = [4.0, 3.0, 2.0, 1.0,   # falls with damage
+              1.0, 2.0, 3.0, 4.0,   # rises with damage
+              2.0, 2.0, 2.0]        # ranks nothing
+    result = within_group_srcc(scores, levels, groups)
+    assert result == pytest.approx({"a": 1.0, "b": -1.0, "c": 0.0})
+    # Scores of another group never change a group's SRCC.
+    shifted = [s + (100.0 if g == "b" else 0.0) for s, g in zip(scores, groups)]
+    assert within_group_srcc(shifted, levels, groups) == pytest.approx(result)
+
+
+def test_within_group_srcc_rejects_bad_groups() -> None:
+    with pytest.raises(ValueError, match="group 'x' needs at least 3"):
+        within_group_srcc([1.0, 2.0], [0, 1], ["x", "x"])
+    with pytest.raises(ValueError, match="group 'y' needs .* two levels"):
+        within_group_srcc([1.0, 2.0, 3.0], [1, 1, 1], ["y"] * 3)
+    with pytest.raises(ValueError, match="same length"):
+        within_group_srcc([1.0, 2.0, 3.0], [0, 1, 2], ["z"] * 2)
+    with pytest.raises(ValueError, match="non-finite"):
+        within_group_srcc([1.0, float("nan"), 3.0], [0, 1, 2], ["z"] * 3)

@@ -10,7 +10,10 @@ import dataclasses
 import hashlib
 import importlib.util
 import io
+import json
+import math
 import os
+import pickle
 import sys
 import tarfile
 import urllib.error
@@ -41,8 +44,9 @@ from rl_scaniqa.envs.data.datasets.real360_fetch import (
     fetch_real360,
 )
 from rl_scaniqa.envs.data.datasets.records import mos_scale_for
-from rl_scaniqa.envs.data.datasets.synth360 import generate_synth360
+from rl_scaniqa.envs.data.datasets.synth360 import generate_synth360, render_reference
 from rl_scaniqa.envs.errors import DatasetError
+from json_output import json_lines
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -307,3 +311,73 @@ def test_real_fetch(tmp_path: Path) -> None:
     home = Path(os.environ.get("RL_SCANIQA_HOME") or tmp_path)
     photos = fetch_real360(tmp_path / "photos", home=home, progress=False)
     assert len(list(photos.glob("*.jpg"))) == 18
+
+
+# ----------------------------------------------------------------------------- the real-photo check
+
+
+def test_pinned_brisque_equals_the_package_and_ranks_damage() -> None:
+    from brisque import BRISQUE
+
+    check = _load_script("real360_check")
+    scorer = check.PinnedBrisque()  # type: ignore[attr-defined]
+    grey = np.random.default_rng(0).random((40, 60))
+    # The OpenCV local means give the package's own MSCN coefficients (scipy convolve2d).
+    assert np.allclose(scorer._model.calculate_mscn_coefficients(grey, 7, 7 / 6),
+                       BRISQUE.calculate_mscn_coefficients(scorer._model, grey, 7, 7 / 6), atol=1e-9)
+    clean = render_reference(3, width=512, seed=7)
+    blurred = cv2.GaussianBlur(clean, (0, 0), 2.0)
+    noisy = np.clip(clean + np.random.default_rng(1).normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
+    assert scorer.quality(clean) > scorer.quality(blurred)
+    assert scorer.quality(clean) > scorer.quality(noisy)
+
+
+def test_pinned_brisque_refuses_changed_model_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    check = _load_script("real360_check")
+    pinned = check.PinnedBrisque  # type: ignore[attr-defined]
+    monkeypatch.setattr(pinned, "SHA256", {**pinned.SHA256, "svm.txt": "0" * 64})
+    with pytest.raises(RuntimeError, match=r"svm.txt has SHA-256 [0-9a-f]{64}, not the pinned 0{64}"):
+        pinned()
+    with pytest.raises(pickle.UnpicklingError, match="refers to builtins.print"):
+        check.PlainDataUnpickler(io.BytesIO(pickle.dumps(print))).load()  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_real360_check_holds_out_each_place(tiny_real360: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Two folds (plaza, forest), every method scored on every group, resumable, guarded."""
+    synth = generate_synth360(tmp_path / "synth", n_refs=3, width=128, combos_per_ref=1, levels=(1, 5),
+                              progress=False)
+    check = _load_script("real360_check")
+    out = tmp_path / "check"
+    argv = ["--quick", "--root", str(synth), "--extra-root", str(tiny_real360), "--augmentations", "",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--no-progress", "--json"]
+    result = check.main(argv)  # type: ignore[attr-defined]
+    assert json_lines(capsys.readouterr().out)[-1] == result
+    assert set(result) == {"RL-ScanIQA", "SVR (nss)", "BRISQUE"}
+    for entry in result.values():
+        # 3 photos x 2 (kind, scope) combinations; each group: the reference and levels 1, 5.
+        assert entry["groups"] == 6
+        assert -1.0 <= entry["mean"] <= 1.0
+        assert set(entry["by_scope"]) <= {"global", "local"}
+    folds = sorted(path.name for path in (out / "folds").iterdir())
+    assert folds == ["forest.json", "plaza.json"]
+    fold = json.loads((out / "folds" / "plaza.json").read_text())
+    assert {image.rsplit("/", 1)[-1].split("_")[0] for image in fold["scores"]} == {"fake-a", "fake-b"}
+    assert not (out / "checkpoints" / "plaza").exists()
+    brisque = json.loads((out / "brisque.json").read_text())
+    assert len(brisque) == 15 and all(math.isfinite(value) for value in brisque.values())
+    report = (out / "report.md").read_text()
+    assert "| RL-ScanIQA |" in report and "## By held-out place" in report
+    assert (out / "within_group_srcc.png").stat().st_size > 0
+
+    # A rerun trains nothing and reports the same; another configuration is refused.
+    stamp = (out / "folds" / "plaza.json").stat().st_mtime_ns
+    assert check.main(argv) == result  # type: ignore[attr-defined]
+    assert (out / "folds" / "plaza.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="folds/forest.json holds a fold of another configuration"):
+        check.main([*argv, "--settings.seed", "1"])  # type: ignore[attr-defined]
+    with pytest.raises(SystemExit) as exit_info:
+        check.main([*argv, "--places", "nowhere"])  # type: ignore[attr-defined]
+    assert exit_info.value.code == 2
+    assert "--places: nowhere not in" in capsys.readouterr().err
