@@ -51,3 +51,25 @@ def test_build_default_cache_json_is_one_line(tmp_path):
     (result,) = json_lines(piped([sys.executable, str(REPO / "experiments" / "build_default_cache.py"),
                                   "--out", str(out), "--json"], tmp_path))
     assert result["path"] == str(out) and result["bytes"] == out.stat().st_size
+
+
+@pytest.mark.slow
+def test_assessor_fit_json_report_and_variant_check(tmp_path):
+    from rl_scaniqa.envs.data.datasets.synth360 import generate_synth360
+
+    root = generate_synth360(tmp_path / "synth", n_refs=6, width=128, combos_per_ref=1, levels=(1, 5),
+                             progress=False)
+    script = str(REPO / "experiments" / "assessor_fit.py")
+    out = tmp_path / "fit"
+    (summary,) = json_lines(piped([sys.executable, script, "--quick", "--root", str(root),
+                                   "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+                                   "--json"], tmp_path))
+    assert list(summary) == ["SVR", "default", "lr 1e-3"]
+    for name in ("default", "lr 1e-3"):
+        assert -1.0 <= summary[name]["test_srcc_all"]["mean"] <= 1.0
+        assert summary[name]["best_step"]["mean"] in (100.0, 200.0)
+    assert "| lr 1e-3 |" in (out / "report.md").read_text()
+    assert (out / "validation_srcc.png").stat().st_size > 0
+    result = subprocess.run([sys.executable, script, "--variants", "lr 9"], capture_output=True,
+                            text=True, env=dict(os.environ, RL_SCANIQA_HOME=str(tmp_path)))
+    assert result.returncode == 2 and "--variants: ['lr 9']; known: default" in result.stderr
