@@ -287,7 +287,10 @@ def run_fold(cache: FeatureCache, place: str, args: Args, advance: Any) -> dict[
     train, test = cache.subset(np.flatnonzero(~held)), cache.subset(np.flatnonzero(held))
     settings = args.settings
     started = time.perf_counter()
-    checkpoints = Path(args.out) / "checkpoints" / place.removeprefix(PART)
+    # One folder per fold: the checkpoint writer keeps a ``.previous`` sibling of its folder,
+    # and removing the fold's folder removes both.
+    fold_folder = Path(args.out) / "checkpoints" / place.removeprefix(PART)
+    checkpoints = fold_folder / "model"
     steps = [0]
 
     def on_update(stats: Mapping[str, Any]) -> None:
@@ -303,7 +306,7 @@ def run_fold(cache: FeatureCache, place: str, args: Args, advance: Any) -> dict[
                         n_paths=args.eval_paths, path_length=settings.path_length,
                         env_kwargs=settings.env_kwargs(run.stats), seed=settings.seed)
     svr = test.mos_scale.denormalize(SVRBaseline().fit(train, np.arange(len(train))).predict(test, rows))
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    shutil.rmtree(fold_folder, ignore_errors=True)
     return {"format": FORMAT, "config": comparable_config(args), "place": place,
             "n_train": len(train), "n_test": len(test), "seconds": time.perf_counter() - started,
             "scores": {image: {RL: float(rl.predicted[i]), SVR: float(svr[i])}
