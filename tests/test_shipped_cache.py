@@ -38,8 +38,15 @@ def test_shipped_cache_equals_what_the_code_builds(tmp_path):
     assert shipped.image_ids == built.image_ids and shipped.ref_ids == built.ref_ids, REBUILD
     assert shipped.distortions == built.distortions and shipped.mos_scale == built.mos_scale
     for spec in CACHE_ARRAYS:
-        np.testing.assert_array_equal(getattr(shipped, spec.name), getattr(built, spec.name),
-                                      err_msg=f"{spec.name}: {REBUILD}")
+        expected, actual = getattr(shipped, spec.name), getattr(built, spec.name)
+        if np.issubdtype(np.asarray(expected).dtype, np.floating):
+            # Float features differ in the last bits between CPUs (AVX2 vs AVX-512 paths in
+            # OpenCV and NumPy: up to 3e-7 measured); a change of the feature code moves them
+            # by orders of magnitude more.
+            np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{spec.name}: {REBUILD}")
+        else:
+            np.testing.assert_array_equal(actual, expected, err_msg=f"{spec.name}: {REBUILD}")
 
 
 def test_default_arguments_use_the_shipped_cache_other_arguments_do_not(tmp_path, monkeypatch):
