@@ -124,3 +124,12 @@ class CoTrainSettings:
     def from_dict(cls, data: Mapping[str, Any]) -> CoTrainSettings:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
         return with_values(cls(), data, "settings")
+
+
+#: The smoke-run training budget of ``reproduce.py --quick`` and ``real360_check.py --quick``:
+#: a few thousand PPO steps, enough to exercise every code path.
+SMOKE_SETTINGS: dict[str, Any] = {
+    "total_timesteps": 2_240, "n_paths": 5,
+    "ppo": {"n_envs": 4, "n_steps": 70, "batch_size": 140, "n_epochs": 2},
+    "assessor": {"warmup_steps": 100, "steps_per_rollout": 10},
+}

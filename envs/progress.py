@@ -7,7 +7,8 @@ callers and tests stay quiet.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -68,3 +69,30 @@ def progress_bar(description: str, total: float | None, *, unit: str = "it",
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task(description, total=total)
         yield ProgressHandle(progress, task)
+
+
+class TrainingProgress:
+    """Feeds the PPO timesteps of one training after another into one progress bar.
+
+    :meth:`update` is the ``on_update`` callback of :func:`rl_scaniqa.agents.cotrain.cotrain`
+    (its stats carry ``timesteps``); :meth:`finish` completes the training's share of the bar,
+    also when it resumed from a checkpoint and reported fewer steps.
+    """
+
+    def __init__(self, handle: ProgressHandle):
+        self.handle = handle
+        self.total = 0
+        self.done = 0
+
+    def start(self, description: str, total: int) -> None:
+        self.handle.describe(description)
+        self.total, self.done = total, 0
+
+    def update(self, stats: Mapping[str, Any]) -> None:
+        current = min(int(stats.get("timesteps", 0)), self.total)
+        self.handle.advance(current - self.done)
+        self.done = current
+
+    def finish(self) -> None:
+        self.handle.advance(self.total - self.done)
+        self.done = self.total

@@ -106,6 +106,20 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n")
 
 
+def read_own_json(path: str | os.PathLike[str], afresh: str) -> Any:
+    """A JSON file a script wrote itself (results, folds, stored scores).
+
+    Raises:
+        ValueError: the file is not valid JSON; the message names it and says that moving it
+            away starts ``afresh`` (e.g. "the fold afresh").
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); move it away to start "
+                         f"{afresh}") from None
+
+
 @contextlib.contextmanager
 def exclusive_lock(lock_path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive advisory ``fcntl`` lock on ``lock_path`` (created if needed).

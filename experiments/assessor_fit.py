@@ -80,7 +80,7 @@ class Args(DataArgs):
     val_fraction: float = 0.2
     """Fraction of the training references held out for validation (checkpoint choice)."""
     steps: int = 8000
-    """Optimiser steps per training (the co-training default gives about 7,900: 400 warm-up
+    """Optimiser steps per training (the co-training default gives about 7,560: 400 warm-up
     + 40 per PPO rollout of 840 steps, 179 rollouts)."""
     validate_every: int = 500
     """Steps between validations."""
@@ -153,7 +153,6 @@ def train_variant(name: str, fit: FeatureCache, val: FeatureCache, stats: Featur
                                       loss_weights=settings.loss_weights()))
     curve: list[dict[str, float]] = []
     best_state, best = copy.deepcopy(assessor.state_dict()), -np.inf
-    last = copy.deepcopy(assessor)
     for done in range(0, args.steps, args.validate_every):
         chunk = min(args.validate_every, args.steps - done)
         losses = trainer.train_steps(chunk)
@@ -162,7 +161,7 @@ def train_variant(name: str, fit: FeatureCache, val: FeatureCache, stats: Featur
         if value > best:
             best, best_state = value, copy.deepcopy(assessor.state_dict())
         advance(chunk)
-    last.load_state_dict(assessor.state_dict())
+    last = copy.deepcopy(assessor)
     assessor.load_state_dict(best_state)
     return assessor, last, curve
 

@@ -88,13 +88,13 @@ from rl_scaniqa.agents.reporting import (
     plot_scanpath_panels,
 )
 from rl_scaniqa.agents.script_args import parse_script_args
-from rl_scaniqa.agents.settings import CoTrainSettings
+from rl_scaniqa.agents.settings import SMOKE_SETTINGS, CoTrainSettings
 from rl_scaniqa.assessor.metrics import evaluate, summarize
 from rl_scaniqa.envs.data.datasets import load_dataset, repeated_splits
 from rl_scaniqa.envs.data.geometry import ViewportGrid
 from rl_scaniqa.envs.features.cache import FeatureCache, FeatureStats
-from rl_scaniqa.envs.progress import ProgressHandle, progress_bar
-from rl_scaniqa.envs.storage import atomic_path, atomic_write_json, atomic_write_text
+from rl_scaniqa.envs.progress import TrainingProgress, progress_bar
+from rl_scaniqa.envs.storage import atomic_path, atomic_write_json, atomic_write_text, read_own_json
 
 PROTOCOLS = ("in-dataset", "cross-dataset", "cross-distortion", "ablation")
 METRICS = ("srcc", "plcc", "krcc", "rmse")
@@ -190,9 +190,7 @@ class Args(DataArgs):
 
 QUICK_OVERRIDES: dict[str, Any] = {
     "splits": 2, "eval_paths": 5, "k_values": "1,3,5", "t_values": "3,7",
-    "settings": {"total_timesteps": 2_240, "n_paths": 5,
-                 "ppo": {"n_envs": 4, "n_steps": 70, "batch_size": 140, "n_epochs": 2},
-                 "assessor": {"warmup_steps": 100, "steps_per_rollout": 10}},
+    "settings": SMOKE_SETTINGS,
 }
 
 #: Config fields that may change between a run and its resumption.
@@ -329,28 +327,6 @@ def build_tasks(args: Args) -> tuple[list[Task], dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- training
-
-
-class TrainingProgress:
-    """Feeds PPO timesteps of every training into the run's one progress bar."""
-
-    def __init__(self, handle: ProgressHandle):
-        self.handle = handle
-        self.total = 0
-        self.done = 0
-
-    def start(self, description: str, total: int) -> None:
-        self.handle.describe(description)
-        self.total, self.done = total, 0
-
-    def update(self, stats: Mapping[str, Any]) -> None:
-        current = min(int(stats.get("timesteps", 0)), self.total)
-        self.handle.advance(current - self.done)
-        self.done = current
-
-    def finish(self) -> None:
-        self.handle.advance(self.total - self.done)
-        self.done = self.total
 
 
 def checkpoint_folder(args: Args, task: Task, training: str) -> Path:
@@ -579,15 +555,6 @@ def trainings_per_task(args: Args) -> int:
 
 def comparable_config(args: Args) -> dict[str, Any]:
     return {key: value for key, value in asdict(args).items() if key not in RESUMABLE_FIELDS}
-
-
-def read_own_json(path: Path, afresh: str) -> Any:
-    """A JSON file this script wrote; ``afresh`` says what moving a corrupt one away restarts."""
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); move it away to start "
-                         f"{afresh}") from None
 
 
 def claim_checkpoints(out: Path, args: Args) -> None:
