@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--option", type=parse_option, action="append", default=[],
                        metavar="KEY=VALUE", help="loader option, repeatable (e.g. condition=good-15s)")
     cache.add_argument("--backbone", default="nss",
-                       help="nss (default, offline), dinov2[:MODEL_OR_DIR], nss+dinov2[:MODEL_OR_DIR]")
+                       help="nss (default, offline), nss-pano (with whole-panorama statistics), "
+                            "dinov2[:MODEL_OR_DIR], nss+dinov2[:MODEL_OR_DIR]")
     cache.add_argument("--device", type=device_arg, default="auto",
                        help="auto, cpu, cuda, cuda:1, ...")
     cache.add_argument("--batch-size", type=int, default=32)

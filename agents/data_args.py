@@ -37,7 +37,8 @@ class DataArgs:
     extra_root: str = ""
     """Its folder; empty = its default (real360: $RL_SCANIQA_HOME/real360)."""
     backbone: str = "nss"
-    """nss (offline default), dinov2[:MODEL_OR_DIR], nss+dinov2[:MODEL_OR_DIR]."""
+    """nss (offline default), nss-pano (with whole-panorama statistics), dinov2[:MODEL_OR_DIR],
+    nss+dinov2[:MODEL_OR_DIR]."""
     n_lon: int = ViewportGrid.n_lon
     """Viewport columns."""
     n_lat: int = ViewportGrid.n_lat

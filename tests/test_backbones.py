@@ -37,12 +37,39 @@ def nss() -> NSSBackbone:
     return NSSBackbone()
 
 
-def test_nss_shape_name_and_names(nss):
+@pytest.fixture(scope="module")
+def nss_pano() -> NSSBackbone:
+    return NSSBackbone(panorama=True)
+
+
+def test_nss_shape_name_and_names(nss, nss_pano):
     features = nss(np.stack([_textured(seed=s) for s in range(3)]))
-    assert nss.name == "nss-v2" and nss.device == "cpu"
+    assert nss.name == "nss-v3" and nss.device == "cpu"
     assert features.shape == (3, nss.dim) and features.dtype == np.float32
-    assert nss.dim == len(nss.feature_names) == 86
+    assert nss.dim == len(nss.feature_names) == 61
     assert len(set(nss.feature_names)) == nss.dim
+    assert not any(name.startswith("pano_") for name in nss.feature_names)
+    # nss-pano: the same features first, then the 25-value whole-panorama block.
+    assert nss_pano.name == "nss-pano-v3" and nss_pano.dim == 86
+    assert nss_pano.feature_names[:nss.dim] == nss.feature_names
+
+
+def test_default_global_descriptor_is_the_global_view_embedded(nss):
+    """The paper's g: the backbone once on the whole ERP at low resolution, nothing more."""
+    erp = _erp()
+    np.testing.assert_array_equal(nss.global_features(erp, 32), nss(global_view(erp, 32)[None])[0])
+
+
+def test_default_global_descriptor_hardly_sees_a_local_cap(nss, nss_pano):
+    """Why the default drops the panorama block: blurring one 45-degree tile moves the block's
+    tile-contrast features by far more than it moves the low-resolution global view's."""
+    erp = _erp(128)
+    local = erp.copy()
+    local[48:80, 96:128] = cv2.GaussianBlur(erp, (0, 0), 2.0)[48:80, 96:128]
+    plain = nss.global_features(local, 32) - nss.global_features(erp, 32)
+    pano = nss_pano.global_features(local, 32) - nss_pano.global_features(erp, 32)
+    np.testing.assert_allclose(pano[:nss.dim], plain, rtol=1e-6, atol=1e-6)
+    assert np.abs(pano[nss.dim:]).max() > 3 * np.abs(plain).max()
 
 
 @pytest.mark.parametrize(
@@ -171,12 +198,18 @@ def test_grey_entropy_known_values():
 def test_make_backbone_nss_specs_round_trip():
     backbone = make_backbone("nss", batch_size=4)
     assert isinstance(backbone, NSSBackbone) and backbone.batch_size == 4
-    assert make_backbone(backbone.name).name == "nss-v2"
+    assert make_backbone(backbone.name).name == "nss-v3"
+    pano = make_backbone("nss-pano")
+    assert isinstance(pano, NSSBackbone) and pano.panorama and make_backbone(pano.name).name == "nss-pano-v3"
     with pytest.raises(ValueError, match="nss-v0.*rebuild the feature cache"):
         make_backbone("nss-v0")
-    # Caches built with the first definition must be rebuilt, not silently mixed.
-    with pytest.raises(ValueError, match="nss-v1.*computes nss-v2.*rebuild the feature cache"):
+    # Caches built with an earlier definition must be rebuilt, not silently mixed.
+    with pytest.raises(ValueError, match="nss-v1.*computes nss-v3.*rebuild the feature cache"):
         make_backbone("nss-v1")
+    with pytest.raises(ValueError, match="nss-v2.*computes nss-v3.*--backbone nss$"):
+        make_backbone("nss-v2")
+    with pytest.raises(ValueError, match="nss-pano-v2.*computes nss-pano-v3.*--backbone nss-pano$"):
+        make_backbone("nss-pano-v2")
     with pytest.raises(ValueError, match="unknown backbone 'resnet'"):
         make_backbone("resnet")
     with pytest.raises(ValueError, match="unknown backbone"):
@@ -274,7 +307,7 @@ def test_dinov2_rejects_other_model_types(tmp_path):
 def test_fusion_concatenates_parts(tiny_dinov2, nss):
     fusion = make_backbone(f"nss+dinov2:{tiny_dinov2}", device="cpu")
     assert isinstance(fusion, FusionBackbone)
-    assert fusion.name == f"nss-v2+dinov2-cls:{tiny_dinov2.resolve()}"
+    assert fusion.name == f"nss-v3+dinov2-cls:{tiny_dinov2.resolve()}"
     assert fusion.dim == nss.dim + 32
     images = np.stack([_textured(56, seed=s) for s in range(2)])
     dino = DinoV2Backbone(str(tiny_dinov2), device="cpu")
@@ -287,7 +320,7 @@ def test_fusion_concatenates_parts(tiny_dinov2, nss):
         FusionBackbone([nss])
 
 
-# ------------------------------------------------------------------------------ nss-v2 additions
+# ------------------------------------------------------------------------ nss-v2 additions and nss-pano
 
 
 def _erp(height: int = 128, seed: int = 0) -> np.ndarray:
@@ -302,36 +335,36 @@ def _feature(nss, features, name):
 
 @pytest.mark.parametrize("shape", [(1, 2), (2, 4), (8, 16), (64, 128)])
 @pytest.mark.parametrize("value", [0, 255])
-def test_nss_global_features_are_finite_on_degenerate_panoramas(nss, shape, value):
+def test_nss_global_features_are_finite_on_degenerate_panoramas(nss_pano, shape, value):
     erp = np.full((*shape, 3), value, np.uint8)
-    features = nss.global_features(erp, 4)
-    assert features.shape == (nss.dim,) and features.dtype == np.float32
+    features = nss_pano.global_features(erp, 4)
+    assert features.shape == (nss_pano.dim,) and features.dtype == np.float32
     assert np.isfinite(features).all()
 
 
-def test_panorama_block_is_zero_for_plain_images_and_filled_for_erps(nss):
+def test_panorama_block_is_zero_for_plain_images_and_filled_for_erps(nss_pano):
     erp = _erp()
-    pano = [i for i, name in enumerate(nss.feature_names) if name.startswith("pano_")]
+    pano = [i for i, name in enumerate(nss_pano.feature_names) if name.startswith("pano_")]
     assert len(pano) == 25
-    assert np.all(nss(global_view(erp, 32)[None])[0, pano] == 0)
-    full = nss.global_features(erp, 32)
+    assert np.all(nss_pano(global_view(erp, 32)[None])[0, pano] == 0)
+    full = nss_pano.global_features(erp, 32)
     assert np.any(full[pano] != 0)
     # Everything but the panorama block is the global view's embedding.
-    rest = [i for i in range(nss.dim) if i not in pano]
-    np.testing.assert_allclose(full[rest], nss(global_view(erp, 32)[None])[0, rest], rtol=1e-6)
+    rest = [i for i in range(nss_pano.dim) if i not in pano]
+    np.testing.assert_allclose(full[rest], nss_pano(global_view(erp, 32)[None])[0, rest], rtol=1e-6)
 
 
-def test_blockiness_responds_to_jpeg_at_native_resolution(nss):
+def test_blockiness_responds_to_jpeg_at_native_resolution(nss_pano):
     erp = _erp(256)
     ok, buffer = cv2.imencode(".jpg", erp, [cv2.IMWRITE_JPEG_QUALITY, 15])
     assert ok
     jpeg = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-    clean, coded = nss.global_features(erp, 32), nss.global_features(jpeg, 32)
+    clean, coded = nss_pano.global_features(erp, 32), nss_pano.global_features(jpeg, 32)
     for name in ("pano_block_h", "pano_block_v", "pano_block_tile_median"):
-        assert _feature(nss, coded, name) > _feature(nss, clean, name) + 0.1, name
+        assert _feature(nss_pano, coded, name) > _feature(nss_pano, clean, name) + 0.1, name
     # A crop that shifts the grid by 3 pixels keeps it detectable (the phase is searched).
     shifted = np.ascontiguousarray(jpeg[:, 3:-5])
-    assert _feature(nss, nss.global_features(shifted, 32), "pano_block_h") > _feature(nss, clean, "pano_block_h") + 0.1
+    assert _feature(nss_pano, nss_pano.global_features(shifted, 32), "pano_block_h") > _feature(nss_pano, clean, "pano_block_h") + 0.1
 
 
 def test_band_ratios_fall_with_blur_and_rise_with_noise(nss):
@@ -345,13 +378,13 @@ def test_band_ratios_fall_with_blur_and_rise_with_noise(nss):
     assert _feature(nss, f, "noise_rel")[2] > _feature(nss, f, "noise_rel")[0]
 
 
-def test_tile_contrasts_flag_a_local_distortion(nss):
+def test_tile_contrasts_flag_a_local_distortion(nss_pano):
     erp = _erp(128)
     local = erp.copy()
     # Blur one 45-degree tile near the equator: the tiles' spread of the band ratio grows.
     local[48:80, 96:128] = cv2.GaussianBlur(erp, (0, 0), 2.0)[48:80, 96:128]
-    clean, damaged = nss.global_features(erp, 32), nss.global_features(local, 32)
-    assert _feature(nss, damaged, "pano_tile_r01_below") > _feature(nss, clean, "pano_tile_r01_below") + 0.3
+    clean, damaged = nss_pano.global_features(erp, 32), nss_pano.global_features(local, 32)
+    assert _feature(nss_pano, damaged, "pano_tile_r01_below") > _feature(nss_pano, clean, "pano_tile_r01_below") + 0.3
 
 
 def test_exposure_quantiles_and_clipping(nss):

@@ -58,13 +58,6 @@ class CountingBackbone(Backbone):
             features[0, 3] = np.nan
         return features
 
-    def global_features(self, erp: np.ndarray, size: int) -> np.ndarray:
-        # One counted (and failable) call, as for any backbone; the native-ERP block comes from NSS.
-        features = super().global_features(erp, size)
-        pano = [i for i, name in enumerate(self.inner.feature_names) if name.startswith("pano_")]
-        features[pano] = self.inner.global_features(erp, size)[pano]
-        return features
-
 
 def _panorama(rng: np.random.Generator, height: int = 128) -> np.ndarray:
     """Smooth random colour blobs plus fine texture: enough structure for NSS, SSIM and entropy."""
@@ -122,9 +115,9 @@ def built(dataset: list[PanoramaRecord], tmp_path_factory: pytest.TempPathFactor
 
 
 def test_shapes_dtypes_and_labels(dataset, built):
-    cache = load_cache(built, expect_backbone="nss-v2", expect_grid=GRID)
+    cache = load_cache(built, expect_backbone="nss-v3", expect_grid=GRID)
     m, v, d, a = N_IMAGES, GRID.n_viewports, NSSBackbone().dim, len(VIEWS)
-    assert len(cache) == m and cache.dim == d and cache.backbone == "nss-v2" and cache.grid == GRID
+    assert len(cache) == m and cache.dim == d and cache.backbone == "nss-v3" and cache.grid == GRID
     expected = {"viewport_features": ((m, v, d), np.float32), "global_features": ((m, d), np.float32),
                 "entropy": ((m, v), np.float32), "ssim": ((m, v, v), np.float32),
                 "thumbnails": ((m, 128, 256, 3), np.uint8), "start_viewports": ((m,), np.int64),
@@ -237,7 +230,7 @@ def test_changed_image_gives_new_key_and_rebuild(tmp_path):
 
 
 def test_load_rejects_other_backbone_or_grid_with_clear_message(built):
-    with pytest.raises(CacheError, match=r"built with backbone nss-v2, expected dinov2-cls:facebook/dinov2-small"):
+    with pytest.raises(CacheError, match=r"built with backbone nss-v3, expected dinov2-cls:facebook/dinov2-small"):
         load_cache(built, expect_backbone="dinov2-cls:facebook/dinov2-small")
     with pytest.raises(CacheError, match=r"built with grid lon8-lat4-fov90-s32, expected lon8-lat4-fov90-s64"):
         load_cache(built, expect_grid=ViewportGrid(size=64))
@@ -497,9 +490,9 @@ def test_caches_of_another_format_version_are_refused_and_never_reused(dataset, 
         load_cache(old)
     # ... and the version is part of the key, so a build never picks the old file up.
     import rl_scaniqa.envs.features.cache as cache_module
-    current = cache_module.cache_key("f", "nss-v2", GRID, "synth360")
+    current = cache_module.cache_key("f", "nss-v3", GRID, "synth360")
     monkeypatch.setattr(cache_module, "FORMAT_VERSION", 1)
-    assert cache_module.cache_key("f", "nss-v2", GRID, "synth360") != current
+    assert cache_module.cache_key("f", "nss-v3", GRID, "synth360") != current
 
 
 def test_malformed_damaged_caps_raise_naming_the_image(dataset, tmp_path):

@@ -5,6 +5,7 @@ into a vector once, by a :class:`Backbone`, and cached. Three backbones exist:
 
 * ``nss`` (:class:`NSSBackbone`) — the embedded default. Hand-crafted, distortion-aware
   natural-scene statistics; needs no weights and no network, a few milliseconds per viewport.
+  ``nss-pano`` adds statistics of the whole native panorama to the global descriptor.
 * ``dinov2`` (:class:`DinoV2Backbone`) — the paper's frozen DINOv2 ViT, through
   ``transformers`` (hub id or local folder).
 * ``nss+dinov2`` (:class:`FusionBackbone`) — both, concatenated: a frozen DINOv2 is a semantic
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,7 +236,6 @@ def _nss_feature_names() -> tuple[str, ...]:
               "band_kurtosis_0", "band_kurtosis_1", "band_kurtosis_2", "chroma_hf_ratio", "noise_rel"]
     names += [f"lum_p{q}" for q in _LUMA_QUANTILES]
     names += ["rgb_clip_high", "rgb_clip_low"]
-    names += list(_PANORAMA_FEATURES)
     return tuple(names)
 
 
@@ -463,7 +464,14 @@ _MAD_TO_SIGMA = 1.0 / (0.6745 * 6.0)
 class NSSBackbone(Backbone):
     """Distortion-aware natural-scene statistics, computed for a whole batch with OpenCV/numpy.
 
-    Version ``nss-v2``, 86 features per image (v1's 45 first, unchanged). ``s1`` is full resolution, ``s2`` half resolution
+    Version ``nss-v3``: 61 features per image (v1's 45 first, unchanged), the same for a viewport
+    and for the global view. The global descriptor is these features of :func:`global_view`, the
+    whole ERP at low resolution in one call, as the paper's g is its backbone on the resized ERP:
+    it sees the scene, its exposure and colour and a distortion that covers the whole sphere, not
+    where a local one sits (``docs/env.md``). ``NSSBackbone(panorama=True)`` (spec ``nss-pano``,
+    name ``nss-pano-v3``) appends the 25 ``pano_*`` statistics of the whole ERP to the global
+    descriptor (zeros for viewports): exactly nss-v2's 86 features, which locate the damage
+    without any viewport and so leave a scanpath nothing to find. ``s1`` is full resolution, ``s2`` half resolution
     (``INTER_AREA``). Grey is BT.601 luma in 0..255 (float). MSCN coefficients use a 7x7 Gaussian
     window with sigma 7/6 and C = 1, as in BRISQUE (Mittal et al., 2012). Shape parameters are found
     by moment matching against a lookup table of the GGD moment ratio (alpha in 0.2..10).
@@ -506,7 +514,7 @@ class NSSBackbone(Backbone):
     ``noise_rel``                  ``log((sigma + 0.1) / (sqrt(E_1) + 0.1))``: noise relative to texture.
     ``lum_p{1,10,50,90,99}``       Grey-level quantiles / 255: exposure and tone compression.
     ``rgb_clip_high``, ``_low``    Fraction of pixels whose brightest channel is >= 254 / <= 2.
-    ``pano_*`` (25)                Whole-panorama block, filled only by :meth:`global_features` from
+    ``pano_*`` (25, ``nss-pano``)  Whole-panorama block, filled only by :meth:`global_features` from
                                    the *canonical-density* ERP (0 for viewports and plain images):
                                    ``pano_block_h/v``: ``log`` of the mean absolute neighbour step at
                                    the strongest position modulo 8 over its median over the 8 positions
@@ -530,15 +538,16 @@ class NSSBackbone(Backbone):
     OpenCV's thread pool parallelises the filters.
     """
 
-    VERSION = 2
-    feature_names: tuple[str, ...] = _nss_feature_names()
+    VERSION = 3
     # Pure NumPy/OpenCV on the CPU with no model state: cheap to pickle into worker processes.
     parallel_safe = True
 
-    def __init__(self, batch_size: int = 32) -> None:
+    def __init__(self, batch_size: int = 32, panorama: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.name = f"nss-v{self.VERSION}"
+        self.panorama = panorama
+        self.name = f"nss-pano-v{self.VERSION}" if panorama else f"nss-v{self.VERSION}"
+        self.feature_names: tuple[str, ...] = _nss_feature_names() + (_PANORAMA_FEATURES if panorama else ())
         self.dim = len(self.feature_names)
         self.device = "cpu"
         # Images are stacked as channels of one OpenCV matrix, which caps the batch.
@@ -569,15 +578,17 @@ class NSSBackbone(Backbone):
         features += self._luma_quantiles(grey8)
         brightest = rows.reshape(n, height * width, 3).max(axis=2)
         features += [(brightest >= 254).mean(axis=1), (brightest <= 2).mean(axis=1)]
-        # The panorama-level block is defined for whole ERPs only (global_features); a lone image
-        # (a viewport, or a global view embedded without its ERP) has no whole-panorama grid or tiles.
-        features += [np.zeros(n)] * len(_PANORAMA_FEATURES)
+        if self.panorama:
+            # The panorama-level block is defined for whole ERPs only (global_features); a lone image
+            # (a viewport, or a global view embedded without its ERP) has no whole-panorama grid or tiles.
+            features += [np.zeros(n)] * len(_PANORAMA_FEATURES)
         return np.stack(features, axis=1).astype(np.float32)
 
     def global_features(self, erp: np.ndarray, size: int) -> np.ndarray:
-        """Features of :func:`global_view` with the ``pano_*`` block computed on the whole ``erp``."""
+        """Features of :func:`global_view`; with ``panorama``, the ``pano_*`` block computed on the whole ``erp``."""
         features = self(global_view(erp, size)[None])[0]
-        features[-len(_PANORAMA_FEATURES):] = _panorama_statistics(erp)
+        if self.panorama:
+            features[-len(_PANORAMA_FEATURES):] = _panorama_statistics(erp)
         return features
 
     @staticmethod
@@ -851,8 +862,9 @@ class CountingBackbone(Backbone):
 
 
 _SPEC_HELP = (
-    "use 'nss', 'dinov2', 'dinov2:<hub id or folder>', 'dinov2-clsmean[:<hub id or folder>]' "
-    "(CLS + mean patch token), or several joined with '+', e.g. 'nss+dinov2:/models/dinov2-small'"
+    "use 'nss', 'nss-pano' (NSS with the whole-panorama block in the global descriptor), 'dinov2', "
+    "'dinov2:<hub id or folder>', 'dinov2-clsmean[:<hub id or folder>]' (CLS + mean patch token), "
+    "or several joined with '+', e.g. 'nss+dinov2:/models/dinov2-small'"
 )
 
 
@@ -869,13 +881,14 @@ def _split_spec(spec: str) -> list[str]:
 
 def _make_one(spec: str, device: str, batch_size: int) -> Backbone:
     kind, _, argument = spec.partition(":")
-    if kind in ("nss", f"nss-v{NSSBackbone.VERSION}") and not argument:
-        return NSSBackbone(batch_size=batch_size)
-    if kind.startswith("nss-v"):
-        raise ValueError(
-            f"backbone {spec!r}: this version computes nss-v{NSSBackbone.VERSION} features, "
-            "whose definition differs; rebuild the feature cache with --backbone nss"
-        )
+    for prefix, panorama in (("nss", False), ("nss-pano", True)):
+        if kind in (prefix, f"{prefix}-v{NSSBackbone.VERSION}") and not argument:
+            return NSSBackbone(batch_size=batch_size, panorama=panorama)
+        if re.fullmatch(rf"{prefix}-v\d+", kind):
+            raise ValueError(
+                f"backbone {spec!r}: this version computes {prefix}-v{NSSBackbone.VERSION} features, "
+                f"whose definition differs; rebuild the feature cache with --backbone {prefix}"
+            )
     poolings = {"dinov2": "cls", "dinov2-cls": "cls", "dinov2-clsmean": "cls+mean"}
     if kind in poolings:
         model = argument or DEFAULT_DINOV2
@@ -886,9 +899,10 @@ def _make_one(spec: str, device: str, batch_size: int) -> Backbone:
 def make_backbone(spec: str = "nss", device: str = "auto", batch_size: int = 32) -> Backbone:
     """Build a backbone from a spec string (also accepts any backbone's ``name``).
 
-    Specs: ``"nss"``; ``"dinov2"`` (``facebook/dinov2-small``); ``"dinov2:<hub id or local
-    folder>"``; ``"dinov2-clsmean[:...]"`` for CLS + mean patch pooling; parts joined with ``+``
-    (``"nss+dinov2:/models/dinov2-small"``) give a :class:`FusionBackbone`.
+    Specs: ``"nss"``; ``"nss-pano"`` (with the ``pano_*`` block); ``"dinov2"``
+    (``facebook/dinov2-small``); ``"dinov2:<hub id or local folder>"``; ``"dinov2-clsmean[:...]"``
+    for CLS + mean patch pooling; parts joined with ``+`` (``"nss+dinov2:/models/dinov2-small"``)
+    give a :class:`FusionBackbone`.
 
     Raises:
         ValueError: unknown spec. BackboneLoadError: DINOv2 weights unavailable.
