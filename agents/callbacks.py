@@ -67,34 +67,56 @@ class RolloutCallback(BaseCallback):
 
 
 class RewardStatsCallback(RolloutCallback):
-    """Averages the step, set and task reward components the env reported in the rollout."""
+    """Averages the step, set and task reward components the env reported in the rollout.
+
+    Besides each component's mean it measures what the policy learns from: per finished episode,
+    the weighted task reward and the summed step terms of each of its K paths, and their standard
+    deviations over the K paths (``spread/task``, ``spread/step``). Only what differs between the
+    paths of one image can move the policy; ``share/task`` = spread/task / (spread/task +
+    spread/step) says how much of that the task reward is (issue 10: the step terms may drown it).
+    """
 
     def __init__(self, log: RolloutLog, verbose: int = 0):
         super().__init__(log, verbose=verbose)
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
+        self._episode_task: dict[int, list[float]] = defaultdict(list)
 
     def _add(self, name: str, value: float) -> None:
         self._sums[name] += value
         self._counts[name] += 1
 
     def _on_step(self) -> bool:
-        for info in self.locals.get("infos", ()):
+        for env_index, info in enumerate(self.locals.get("infos", ())):
             task = info.get("task_reward")
             if task is not None:
                 self._add("task/mse", task["mse"])
                 self._add("task/rank", task["rank"])
+                self._episode_task[env_index].append(task["total"])
             components = info.get("reward_components")
             if components is not None:
                 for name in STEP_COMPONENTS:
                     self._add(f"step/{name}", float(np.mean(components[name])))
                 self._add("set/coverage", float(info["coverage"]))
                 self._add("set/jaccard", float(info["jaccard"]))
+                self._add_spreads(components, self._episode_task.pop(env_index, []))
         return True
 
+    def _add_spreads(self, components: dict[str, np.ndarray], task_totals: list[float]) -> None:
+        """Per-path returns of one finished episode: their means and spreads over its K paths."""
+        step = sum(np.asarray(components[name], dtype=np.float64).sum(axis=1) for name in STEP_COMPONENTS)
+        self._add("return/step", float(np.mean(step)))
+        self._add("spread/step", float(np.std(step)))
+        if len(task_totals) == len(step):  # the wrapper scored every path of the episode
+            self._add("return/task", float(np.mean(task_totals)))
+            self._add("spread/task", float(np.std(task_totals)))
+
     def after_rollout(self) -> None:
-        self.log.current.update({name: self._sums[name] / self._counts[name]
-                                 for name in self._sums})
+        figures = {name: self._sums[name] / self._counts[name] for name in self._sums}
+        if "spread/task" in figures:
+            total = figures["spread/task"] + figures["spread/step"]
+            figures["share/task"] = figures["spread/task"] / total if total > 0 else 0.0
+        self.log.current.update(figures)
         self._sums.clear()
         self._counts.clear()
 

@@ -46,6 +46,7 @@ from rl_scaniqa.agents.callbacks import (
     ValidationCallback,
 )
 from rl_scaniqa.agents.checkpoint import restore_checkpoint, save_checkpoint
+from rl_scaniqa.agents.path_baseline import RandomPathBaseline
 from rl_scaniqa.agents.policy import ScanpathPolicy
 from rl_scaniqa.agents.reward_wrapper import (
     AssessorRewardVecWrapper,
@@ -132,7 +133,12 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
     schedule = TaskRewardSchedule(
         mse_weight=settings.reward.task_mse, rank_weight=settings.reward.task_rank,
         warmup_steps=int(settings.reward.task_warmup_fraction * settings.total_timesteps))
-    env = AssessorRewardVecWrapper(make_training_env(settings, cache, stats), assessor, schedule)
+    venv = make_training_env(settings, cache, stats)
+    baseline = None
+    if settings.reward.task_baseline_paths > 0:
+        baseline = RandomPathBaseline(cache, stats, settings.reward.task_baseline_paths,
+                                      feature_clip=venv.get_attr("feature_clip", [0])[0], seed=settings.seed)
+    env = AssessorRewardVecWrapper(venv, assessor, schedule, baseline)
     # Random warm-up paths start where the env's default ("front") paths start.
     start_viewport = cache.grid.nearest(0.0, 0.0)
     trainer = AssessorTrainer(

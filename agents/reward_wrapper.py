@@ -12,6 +12,10 @@ paths that ended in the same batch (``assessor.losses.ranking_reward``). Both we
 from 0 to their targets over ``warmup_steps`` environment steps, so the policy first learns to
 explore while the assessor is still poor (the paper ramps over its first 30 epochs).
 
+With a :class:`~rl_scaniqa.agents.path_baseline.RandomPathBaseline`, each part is reported
+relative to the mean of the same part for random paths of the same image: the reward then credits
+what the path revealed beyond a random look, not which image it was given.
+
 Why a VecEnv wrapper: the assessor is being trained in the main process; computing the reward
 there keeps it batched and current, with no weights shipped to ``SubprocVecEnv`` workers. SB3 reads
 the rewards returned by ``step_wait`` into its rollout buffer, so advantages include this term.
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -29,6 +33,9 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from rl_scaniqa.assessor.losses import mse_reward, ranking_reward
 from rl_scaniqa.assessor.model import QualityAssessor
+
+if TYPE_CHECKING:  # path_baseline imports assessor_training, which imports FinishedPath from here
+    from rl_scaniqa.agents.path_baseline import RandomPathBaseline
 
 
 @dataclass
@@ -60,16 +67,35 @@ def score_finished_paths(assessor: QualityAssessor, infos: list[dict[str, Any]])
 
 
 def task_rewards(predictions: np.ndarray, targets: np.ndarray, n_scored: int,
-                 weights: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 weights: tuple[float, float], baseline_predictions: np.ndarray | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Weighted task reward of the first ``n_scored`` items, and its unweighted parts.
 
     Every item takes part in the ranking comparison, but only the first ``n_scored`` are paths that
     just ended; the rest are reference items (the single-env wrapper's memory of recent paths).
+    ``baseline_predictions`` ``(R, n_scored)``: predictions for R random paths of each scored
+    item's image; each part is then the path's minus the mean of the random paths' (for the
+    ranking part, the random paths take the scored items' places in the same comparison).
     """
     mse_part = mse_reward(predictions[:n_scored], targets[:n_scored])
     rank_part = ranking_reward(predictions, targets)[:n_scored]
+    if baseline_predictions is not None:
+        scored = np.repeat(targets[None, :n_scored], len(baseline_predictions), axis=0)
+        mse_part = mse_part - mse_reward(baseline_predictions, scored).mean(axis=0)
+        rank_part = rank_part - np.mean(
+            [ranking_reward(np.concatenate([row, predictions[n_scored:]]), targets)[:n_scored]
+             for row in baseline_predictions], axis=0)
     w_mse, w_rank = weights
     return w_mse * mse_part + w_rank * rank_part, mse_part, rank_part
+
+
+def _baseline_predictions(baseline: RandomPathBaseline | None, assessor: QualityAssessor,
+                          infos: list[dict[str, Any]]) -> np.ndarray | None:
+    if baseline is None:
+        return None
+    return baseline.predictions(assessor, [int(info["image_index"]) for info in infos],
+                                [list(info["path"]) for info in infos],
+                                np.stack([info["global_feature"] for info in infos]))
 
 
 class AssessorRewardVecWrapper(VecEnvWrapper):
@@ -84,16 +110,19 @@ class AssessorRewardVecWrapper(VecEnvWrapper):
         co-training callback) changes the reward from the next step on.
     schedule:
         Target weights and ramp.
+    baseline:
+        Optional per-image baseline (random paths of the same image); ``None``: the paper's reward.
 
     The finished paths of the rollout accumulate in :attr:`finished_paths` until
     :meth:`pop_finished_paths` is called (by the co-training callback).
     """
 
     def __init__(self, venv: VecEnv, assessor: QualityAssessor,
-                 schedule: TaskRewardSchedule | None = None):
+                 schedule: TaskRewardSchedule | None = None, baseline: RandomPathBaseline | None = None):
         super().__init__(venv)
         self.assessor = assessor
         self.schedule = schedule or TaskRewardSchedule()
+        self.baseline = baseline
         self.num_timesteps = 0
         self.finished_paths: list[FinishedPath] = []
 
@@ -109,7 +138,8 @@ class AssessorRewardVecWrapper(VecEnvWrapper):
             predictions = score_finished_paths(self.assessor, ended_infos)
             targets = np.array([info["mos_normalized"] for info in ended_infos], dtype=np.float64)
             total, mse_part, rank_part = task_rewards(
-                predictions, targets, len(ended), self.schedule.weights(self.num_timesteps))
+                predictions, targets, len(ended), self.schedule.weights(self.num_timesteps),
+                _baseline_predictions(self.baseline, self.assessor, ended_infos))
             rewards = rewards.astype(np.float32, copy=True)
             for slot, env_index in enumerate(ended):
                 rewards[env_index] += total[slot]
@@ -135,10 +165,12 @@ class AssessorRewardWrapper(gym.Wrapper):
     """
 
     def __init__(self, env: gym.Env, assessor: QualityAssessor,
-                 schedule: TaskRewardSchedule | None = None, memory_size: int = 64):
+                 schedule: TaskRewardSchedule | None = None, memory_size: int = 64,
+                 baseline: RandomPathBaseline | None = None):
         super().__init__(env)
         self.assessor = assessor
         self.schedule = schedule or TaskRewardSchedule()
+        self.baseline = baseline
         self.num_timesteps = 0
         self._memory: deque[tuple[int, float, float]] = deque(maxlen=memory_size)
 
@@ -152,7 +184,8 @@ class AssessorRewardWrapper(gym.Wrapper):
             predictions = np.concatenate([prediction, [p for p, _ in others]])
             targets = np.concatenate([target, [t for _, t in others]])
             total, mse_part, rank_part = task_rewards(
-                predictions, targets, 1, self.schedule.weights(self.num_timesteps))
+                predictions, targets, 1, self.schedule.weights(self.num_timesteps),
+                _baseline_predictions(self.baseline, self.assessor, [info]))
             reward = float(reward) + float(total[0])
             info["assessor_prediction"] = float(prediction[0])
             info["task_reward"] = {"mse": float(mse_part[0]), "rank": float(rank_part[0]),

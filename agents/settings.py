@@ -35,6 +35,13 @@ class RewardSettings:
     """Terminal task reward weight of the assessor's ranking agreement within the batch."""
     task_warmup_fraction: float = 0.1
     """Fraction of the run over which the task weights ramp from 0 (paper: 30 of 300 epochs)."""
+    task_baseline_paths: int = 0
+    """Random paths of the same image whose task reward is subtracted from each path's (a
+    per-image baseline, ``agents.path_baseline``); 0 = none, the paper's reward."""
+
+    def __post_init__(self) -> None:
+        if self.task_baseline_paths < 0:
+            raise ValueError(f"task_baseline_paths must be 0 (no baseline) or more, got {self.task_baseline_paths}")
 
     def env_kwargs(self) -> dict[str, float]:
         """The env's reward keyword arguments."""

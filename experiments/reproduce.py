@@ -350,6 +350,13 @@ def train_model(settings: CoTrainSettings, args: Args, task: Task, tracker: Trai
     return run
 
 
+def reward_figures(run: CoTrainRun) -> dict[str, float]:
+    """The last rollout's reward statistics (``RewardStatsCallback``): mean and spread over the K
+    paths of an image of the task and step terms, and the task reward's share of that spread."""
+    return {name: round(float(value), 6) for name, value in run.callback.latest.items()
+            if name.split("/")[0] in ("task", "step", "set", "return", "spread", "share")}
+
+
 def variant_settings(base: CoTrainSettings, overrides: Mapping[str, Any],
                      seed: int) -> CoTrainSettings:
     """``base`` with nested ``overrides`` and the task's seed."""
@@ -490,7 +497,7 @@ def methods_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str,
                if name in evaluations}
     record = {"methods": methods, "k_curve": k_curve, "panels": panel_record(task, shown),
               "visits": visit_frequencies(visited, task.test.grid.n_viewports),
-              "timesteps": int(run.ppo.num_timesteps)}
+              "timesteps": int(run.ppo.num_timesteps), "training": reward_figures(run)}
     if with_caps:
         record["cap_distance"] = cap_distance_profiles(evaluations, task.test)
     return record

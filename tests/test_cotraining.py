@@ -10,17 +10,20 @@ import torch
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from rl_scaniqa.agents.assessor_training import AssessorTrainer, random_paths
+from rl_scaniqa.agents.callbacks import RewardStatsCallback, RolloutLog
 from rl_scaniqa.agents.cotrain import setup_cotraining, to_model
 from rl_scaniqa.agents.evaluation import SeededPolicyAgent, run_agent, score_scanpaths
+from rl_scaniqa.agents.path_baseline import RandomPathBaseline
 from rl_scaniqa.agents.reward_wrapper import (
     AssessorRewardVecWrapper,
     AssessorRewardWrapper,
     TaskRewardSchedule,
+    task_rewards,
 )
 from rl_scaniqa.agents.scaniqa_model import ScanIQAModel, build_policy
 from rl_scaniqa.agents.script_args import parse_script_args
-from rl_scaniqa.agents.settings import CoTrainSettings
-from rl_scaniqa.assessor.losses import ranking_reward
+from rl_scaniqa.agents.settings import CoTrainSettings, RewardSettings
+from rl_scaniqa.assessor.losses import mse_reward, ranking_reward
 from rl_scaniqa.assessor.model import AssessorConfig, QualityAssessor
 from rl_scaniqa.envs.features.cache import FeatureStats
 from rl_scaniqa.envs.features.random_cache import random_feature_cache
@@ -97,6 +100,64 @@ def test_gym_wrapper_ranks_against_memory_of_other_images(cache):
         -(prediction - first_path_info["mos_normalized"]) ** 2)
 
 
+def test_random_path_baseline_scores_paths_shaped_like_the_scored_ones(cache):
+    assessor = make_assessor(cache.dim)
+    stats = FeatureStats.fit(cache)
+    baseline = RandomPathBaseline(cache, stats, n_paths=5, feature_clip=3.0, seed=0)
+    env = Panorama360Env(**env_kwargs(cache), feature_stats=stats, feature_clip=3.0)
+    env.reset(seed=1)
+    info: dict = {}
+    while not info.get("path_done"):
+        _, _, _, _, info = env.step(env.action_space.sample())
+    image, path = info["image_index"], info["path"]
+    predictions = baseline.predictions(assessor, [image, image], [path, path], np.stack([info["global_feature"]] * 2))
+    assert predictions.shape == (5, 2)
+    # The same path scored through the baseline's feature lookup is the env's own path features.
+    candidates = np.clip(stats.standardize_viewports(cache.viewport_features[image]), -3.0, 3.0)
+    np.testing.assert_allclose(candidates[path], info["path_features"], rtol=1e-6)
+    drawn = random_paths(np.random.default_rng(0), np.full(5, path[0]), GRID.n_viewports, len(path))
+    expected = assessor.predict(candidates[drawn], np.stack([info["global_feature"]] * 5))
+    np.testing.assert_allclose(predictions[:, 0], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="at least one path"):
+        RandomPathBaseline(cache, stats, n_paths=0)
+    with pytest.raises(ValueError, match="task_baseline_paths"):
+        RewardSettings(task_baseline_paths=-1)
+
+
+def test_baseline_makes_the_task_reward_relative_to_random_paths_of_the_image(cache):
+    assessor = make_assessor(cache.dim)
+    stats = FeatureStats.fit(cache)
+    venv = DummyVecEnv([lambda: Panorama360Env(**env_kwargs(cache), feature_stats=stats) for _ in range(3)])
+    wrapped = AssessorRewardVecWrapper(venv, assessor, TaskRewardSchedule(mse_weight=2.0, rank_weight=0.5),
+                                       RandomPathBaseline(cache, stats, n_paths=4, seed=3))
+    replay = RandomPathBaseline(cache, stats, n_paths=4, seed=3)
+    wrapped.seed(7)
+    wrapped.reset()
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(6):
+        _, _, _, infos = wrapped.step(rng.integers(0, GRID.n_viewports, size=3))
+        if not infos[0]["path_done"]:
+            continue
+        predictions = np.array([i["assessor_prediction"] for i in infos])
+        targets = np.array([i["mos_normalized"] for i in infos])
+        random_predictions = replay.predictions(assessor, [i["image_index"] for i in infos], [i["path"] for i in infos],
+                                                np.stack([i["global_feature"] for i in infos]))
+        mse = mse_reward(predictions, targets) - mse_reward(random_predictions, np.repeat(targets[None], 4, axis=0)).mean(0)
+        rank = ranking_reward(predictions, targets) - np.mean(
+            [ranking_reward(row, targets) for row in random_predictions], axis=0)
+        np.testing.assert_allclose([i["task_reward"]["mse"] for i in infos], mse, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose([i["task_reward"]["rank"] for i in infos], rank, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose([i["task_reward"]["total"] for i in infos], 2.0 * mse + 0.5 * rank,
+                                   rtol=1e-5, atol=1e-9)
+        checked += 1
+    assert checked == 2
+    # A path scored exactly like its random paths earns nothing: the baseline removes the image's share.
+    same = np.array([0.3, 0.7])
+    total, _, _ = task_rewards(same, np.array([0.2, 0.9]), 2, (2.0, 2.0), np.stack([same, same]))
+    np.testing.assert_allclose(total, 0.0, atol=1e-12)
+
+
 def test_random_paths_start_fixed_and_never_revisit():
     rng = np.random.default_rng(0)
     paths = random_paths(rng, np.full(50, 5), n_viewports=8, length=6)
@@ -123,6 +184,27 @@ def test_trainer_learns_mos_from_features():
     before = trainer.train_steps(5)["mse"]
     after = trainer.train_steps(150)["mse"]
     assert after < before / 3
+
+
+def test_reward_stats_measure_the_task_rewards_share_of_the_spread_between_paths():
+    log = RolloutLog()
+    callback = RewardStatsCallback(log)
+    zeros = np.zeros((2, 3))
+    components = {"entropy": np.array([[0.1, 0.2, 0.3], [0.3, 0.3, 0.3]]), "ssim": zeros, "novelty": zeros,
+                  "equator": zeros}
+    path_end = {"task_reward": {"mse": -0.1, "rank": -0.5, "total": -1.0}}
+    last = {"task_reward": {"mse": -0.2, "rank": -0.5, "total": -2.0}, "reward_components": components,
+            "coverage": 0.5, "jaccard": 0.1}
+    for infos in ([path_end, {}], [last, {}]):
+        callback.locals = {"infos": infos}
+        callback._on_step()
+    callback.after_rollout()
+    figures = log.current
+    # Per-path step returns 0.6 and 0.9 (spread 0.15); task totals -1 and -2 (spread 0.5).
+    assert figures["return/step"] == pytest.approx(0.75) and figures["spread/step"] == pytest.approx(0.15)
+    assert figures["return/task"] == pytest.approx(-1.5) and figures["spread/task"] == pytest.approx(0.5)
+    assert figures["share/task"] == pytest.approx(0.5 / 0.65)
+    assert figures["task/mse"] == pytest.approx(-0.15)
 
 
 def test_cotraining_runs_logs_and_round_trips_through_save_load(cache, tmp_path):
