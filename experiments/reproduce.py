@@ -354,7 +354,8 @@ def reward_figures(run: CoTrainRun) -> dict[str, float]:
     """The last rollout's reward statistics (``RewardStatsCallback``): mean and spread over the K
     paths of an image of the task and step terms, and the task reward's share of that spread."""
     return {name: round(float(value), 6) for name, value in run.callback.latest.items()
-            if name.split("/")[0] in ("task", "step", "set", "return", "spread", "share")}
+            if name.split("/")[0] in ("task", "step", "set", "return", "spread", "share")
+            and isinstance(value, (int, float))}
 
 
 def variant_settings(base: CoTrainSettings, overrides: Mapping[str, Any],
