@@ -15,6 +15,7 @@ import numpy as np
 from rl_scaniqa.agents.assessor_training import random_paths
 from rl_scaniqa.assessor.model import QualityAssessor
 from rl_scaniqa.envs.features.cache import FeatureCache, FeatureStats
+from rl_scaniqa.envs.panorama_env import observed_viewports
 
 
 class RandomPathBaseline:
@@ -40,8 +41,7 @@ class RandomPathBaseline:
         """
         features = []
         for image, path in zip(image_indices, paths, strict=True):
-            candidates = self.stats.standardize_viewports(self.cache.viewport_features[image])
-            candidates = np.clip(candidates, -self.feature_clip, self.feature_clip)
+            candidates = observed_viewports(self.cache, self.stats, image, self.feature_clip)
             drawn = random_paths(self.rng, np.full(self.n_paths, path[0]), len(candidates), len(path))
             features.append(candidates[drawn])
         stacked = np.stack(features, axis=1)  # (n_paths, B, L, D)

@@ -387,8 +387,7 @@ class Panorama360Env(gym.Env[Observation, int]):
         """Precompute everything ``step`` needs for image ``index``."""
         cache, clip = self.feature_cache, self.feature_clip
         self._image_index = index
-        candidates = self.feature_stats.standardize_viewports(cache.viewport_features[index])
-        self._candidates = np.clip(candidates, -clip, clip).astype(np.float32, copy=False)
+        self._candidates = observed_viewports(cache, self.feature_stats, index, clip)
         global_feature = self.feature_stats.standardize_global(cache.global_features[index])
         self._global = np.clip(global_feature, -clip, clip).astype(np.float32, copy=False)
         weights = self.reward_weights
@@ -492,6 +491,14 @@ class Panorama360Env(gym.Env[Observation, int]):
 
 
 ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
+
+
+def observed_viewports(cache: FeatureCache, stats: FeatureStats, index: int, clip: float) -> np.ndarray:
+    """Image ``index``'s viewport features as the env observes them: float32 ``(V, D)``,
+    standardised with ``stats`` and clipped to ``±clip`` (``obs["candidates"]``; also what a
+    path's ``info["path_features"]`` rows are taken from)."""
+    candidates = stats.standardize_viewports(cache.viewport_features[index])
+    return np.clip(candidates, -clip, clip).astype(np.float32, copy=False)
 
 
 def allowed_viewports(visited: ArrayT) -> ArrayT:

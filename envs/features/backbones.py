@@ -586,7 +586,7 @@ class NSSBackbone(Backbone):
 
     def global_features(self, erp: np.ndarray, size: int) -> np.ndarray:
         """Features of :func:`global_view`; with ``panorama``, the ``pano_*`` block computed on the whole ``erp``."""
-        features = self(global_view(erp, size)[None])[0]
+        features = super().global_features(erp, size)
         if self.panorama:
             features[-len(_PANORAMA_FEATURES):] = _panorama_statistics(erp)
         return features
