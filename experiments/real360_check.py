@@ -200,14 +200,14 @@ def brisque_qualities(paths: Mapping[str, str], store: Path, progress: bool) -> 
     """BRISQUE quality of every image (id → file), kept in ``store`` across reruns (saved every
     20 images, atomically, so an interrupted run loses at most 20 scores)."""
     done: dict[str, float] = read_own_json(store, "scoring afresh") if store.is_file() else {}
-    todo = [image for image in paths if image not in done]
-    if todo:
+    unscored = [image for image in paths if image not in done]
+    if unscored:
         scorer = PinnedBrisque()
-        with progress_bar("BRISQUE", len(todo), unit="image", enabled=progress) as bar:
-            for count, image in enumerate(todo, 1):
+        with progress_bar("BRISQUE", len(unscored), unit="image", enabled=progress) as bar:
+            for count, image in enumerate(unscored, 1):
                 done[image] = scorer.quality(read_erp(paths[image]))
                 bar.advance()
-                if count % 20 == 0 or count == len(todo):
+                if count % 20 == 0 or count == len(unscored):
                     atomic_write_json(store, done)
     return {image: done[image] for image in paths}
 
