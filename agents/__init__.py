@@ -4,7 +4,7 @@
   path, masked additive-attention logits) and :data:`MASKED_LOGIT`.
 - :mod:`.policy`: :class:`ScanpathPolicy` (``PPO``/``A2C``), :class:`MaskableScanpathPolicy`
   (``MaskablePPO``) and :class:`ScanpathHead` (their ``mlp_extractor``: logits through, value
-  MLP on [h; g]).
+  MLP on [h; g; τ], τ = episode progress).
 - :mod:`.baselines`: baseline scanpath agents with SB3's ``predict`` (random, equator sweep,
   entropy-greedy, cube faces, all viewports, human scanpaths) and the no-path
   :class:`SVRBaseline`, all evaluated by the harness in :mod:`.evaluation`.

@@ -92,6 +92,7 @@ class RewardStatsCallback(RolloutCallback):
             if task is not None:
                 self._add("task/mse", task["mse"])
                 self._add("task/rank", task["rank"])
+                self._add("task/gain", task["gain"])
                 self._episode_task[env_index].append(task["total"])
             components = info.get("reward_components")
             if components is not None:

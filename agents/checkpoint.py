@@ -6,8 +6,8 @@ A checkpoint is a folder:
 - ``assessor.safetensors`` + ``assessor.json``: the assessor's weights and config;
 - ``assessor_optimizer.pt``: the assessor optimiser's state (tensors and ints only, read back
   with ``torch.load(weights_only=True)``);
-- ``progress.json``: the PPO timesteps and rollouts done, the reward schedule's clock and the
-  run's wall time so far.
+- ``progress.json``: the PPO timesteps and rollouts done, the reward schedule's clock, the
+  reward scaling's running statistics and the run's wall time so far.
 
 Every save builds a complete new folder beside the old one and then swaps it in; the checkpoint
 before it is kept as ``<folder>.previous``. A crash mid-save or a truncated file therefore never
@@ -26,6 +26,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from rl_scaniqa.assessor.model import QualityAssessor
@@ -75,13 +76,43 @@ def save_checkpoint(run: CoTrainRun, folder: str | Path) -> None:
     # progress.json last: its presence marks the folder complete.
     atomic_write_json(staging / PROGRESS_NAME, {
         "num_timesteps": int(run.ppo.num_timesteps), "rollouts": run.callback.rollouts,
-        "reward_env_timesteps": int(run.env.num_timesteps), "wall_seconds": run.wall_seconds})
+        "reward_env_timesteps": int(run.env.num_timesteps), "wall_seconds": run.wall_seconds,
+        "reward_scaling": _scaling_state(run)})
     previous = previous_of(folder)
     if folder.exists():
         if previous.exists():
             shutil.rmtree(previous)
         folder.rename(previous)
     staging.rename(folder)
+
+
+def _scaling_state(run: CoTrainRun) -> dict[str, Any] | None:
+    """The reward scaling's running statistics as JSON (``None`` when the run has none)."""
+    scaling = run.reward_scaling
+    if scaling is None:
+        return None
+    # The running returns are not kept: a resumed run starts new episodes, which resets them.
+    return {"mean": float(scaling.ret_rms.mean), "var": float(scaling.ret_rms.var),
+            "count": float(scaling.ret_rms.count)}
+
+
+def _checked_scaling(state: Any) -> dict[str, Any] | None:
+    if state is None:
+        return None
+    return {"mean": float(state["mean"]), "var": float(state["var"]), "count": float(state["count"])}
+
+
+def _restore_scaling(run: CoTrainRun, state: dict[str, Any] | None, folder: Path) -> None:
+    scaling = run.reward_scaling
+    if (scaling is None) != (state is None):
+        raise CheckpointError(f"{folder / PROGRESS_NAME}: the checkpoint was saved "
+                              f"{'without' if state is None else 'with'} reward scaling but the run "
+                              f"has {'it' if scaling is not None else 'none'} (ppo.normalize_reward)")
+    if scaling is None or state is None:
+        return
+    scaling.ret_rms.mean = np.float64(state["mean"])
+    scaling.ret_rms.var = np.float64(state["var"])
+    scaling.ret_rms.count = state["count"]
 
 
 def read_progress(folder: Path) -> dict[str, Any]:
@@ -91,6 +122,7 @@ def read_progress(folder: Path) -> dict[str, Any]:
         document: Any = json.loads(path.read_text())
         progress: dict[str, Any] = {key: int(document[key]) for key in PROGRESS_KEYS}
         progress["wall_seconds"] = float(document.get("wall_seconds", 0.0))
+        progress["reward_scaling"] = _checked_scaling(document.get("reward_scaling"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{path}: unreadable progress record ({error})") from error
     return progress
@@ -105,6 +137,7 @@ def _load(run: CoTrainRun, folder: Path) -> int:
     run.ppo.num_timesteps = progress["num_timesteps"]
     run.callback.log.rollouts = progress["rollouts"]
     run.env.num_timesteps = progress["reward_env_timesteps"]
+    _restore_scaling(run, progress["reward_scaling"], folder)
     run.earlier_seconds = progress["wall_seconds"]
     run.started = time.perf_counter()
     return int(progress["num_timesteps"])

@@ -8,6 +8,8 @@
 2. PPO with :class:`~rl_scaniqa.agents.policy.ScanpathPolicy` runs on ``Panorama360Env`` whose
    step and set rewards come from the env and whose terminal task reward comes from the
    assessor through :class:`~rl_scaniqa.agents.reward_wrapper.AssessorRewardVecWrapper`;
+   PPO sees these rewards divided by a running estimate of the return's standard deviation
+   (SB3's ``VecNormalize``, rewards only), so the critic's targets stay near unit scale;
 3. after each rollout the callbacks of :mod:`rl_scaniqa.agents.callbacks` train the assessor
    on the policy's paths, anneal the entropy bonus, validate and checkpoint; PPO's clip range is
    annealed by a linear schedule (0.2 → 0.1).
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.utils import LinearSchedule
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from rl_scaniqa.agents.assessor_training import AssessorTrainer, AssessorTrainingConfig
 from rl_scaniqa.agents.callbacks import (
@@ -89,6 +91,8 @@ class CoTrainRun:
     callback: CoTrainingCallbacks
     stats: FeatureStats
     env: AssessorRewardVecWrapper
+    #: The reward scaling PPO trains through (``None`` with ``ppo.normalize_reward=False``).
+    reward_scaling: VecNormalize | None = None
     #: Timesteps already done when the run resumed from a checkpoint (``None``: fresh start).
     resumed_from: int | None = None
     #: Wall time of the earlier processes of this run (restored from its checkpoint).
@@ -132,13 +136,19 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
         attention_dim=settings.assessor.attention_dim, dropout=settings.assessor.dropout))
     schedule = TaskRewardSchedule(
         mse_weight=settings.reward.task_mse, rank_weight=settings.reward.task_rank,
-        warmup_steps=int(settings.reward.task_warmup_fraction * settings.total_timesteps))
+        gain_weight=settings.reward.task_gain, warmup_steps=int(settings.reward.task_warmup_fraction * settings.total_timesteps))
     venv = make_training_env(settings, cache, stats)
     baseline = None
     if settings.reward.task_baseline_paths > 0:
         baseline = RandomPathBaseline(cache, stats, settings.reward.task_baseline_paths,
                                       feature_clip=venv.get_attr("feature_clip", [0])[0], seed=settings.seed)
     env = AssessorRewardVecWrapper(venv, assessor, schedule, baseline)
+    ppo_settings = settings.ppo
+    # The returns are large (every one of the K · T steps of an episode earns exploration rewards:
+    # about 65 at the start with γ = 0.99), and a critic that must learn that scale at lr 3e-4 leaves
+    # advantages that bury the task reward. Scaling the rewards keeps the critic's targets near 1.
+    reward_scaling = (VecNormalize(env, norm_obs=False, norm_reward=True, gamma=ppo_settings.gamma)
+                      if ppo_settings.normalize_reward else None)
     # Random warm-up paths start where the env's default ("front") paths start.
     start_viewport = cache.grid.nearest(0.0, 0.0)
     trainer = AssessorTrainer(
@@ -148,8 +158,7 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
             learning_rate=settings.assessor.learning_rate, batch_size=settings.assessor.batch_size,
             policy_path_fraction=settings.assessor.policy_path_fraction,
             loss_weights=settings.assessor.loss_weights()))
-    ppo_settings = settings.ppo
-    ppo = PPO(ScanpathPolicy, env, learning_rate=ppo_settings.learning_rate,
+    ppo = PPO(ScanpathPolicy, reward_scaling or env, learning_rate=ppo_settings.learning_rate,
               n_steps=ppo_settings.n_steps, batch_size=ppo_settings.batch_size,
               n_epochs=ppo_settings.n_epochs, gamma=ppo_settings.gamma,
               gae_lambda=ppo_settings.gae_lambda,
@@ -171,7 +180,8 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
         callbacks.append(CheckpointCallback(log, lambda: save_checkpoint(run, folder),
                                             checkpoint_every))
     run = CoTrainRun(ppo=ppo, assessor=assessor, trainer=trainer,
-                     callback=CoTrainingCallbacks(callbacks, log, on_update), stats=stats, env=env)
+                     callback=CoTrainingCallbacks(callbacks, log, on_update), stats=stats, env=env,
+                     reward_scaling=reward_scaling)
     return run
 
 

@@ -8,8 +8,8 @@ computed with the GRU state ``h`` and the projections by
 :class:`~rl_scaniqa.agents.extractor.ScanpathExtractor` (its docstring explains the architecture
 and the speed tricks). Viewports already visited in the current path get the logit
 :data:`~rl_scaniqa.agents.extractor.MASKED_LOGIT` (-1e8, finite, so ``evaluate_actions`` never sees
-``-inf``), except when every viewport is visited (T >= V). The critic is an MLP on [h; g] followed
-by SB3's ``value_net``.
+``-inf``), except when every viewport is visited (T >= V). The critic is an MLP on [h; g; τ]
+(τ: how far the episode has come, see the extractor) followed by SB3's ``value_net``.
 
 How it fits SB3: the extractor's output is ``[logits ; h ; g]``; :class:`ScanpathHead` is the
 ``mlp_extractor`` (logits through as ``latent_pi``, value MLP as ``latent_vf``) and ``action_net``
@@ -42,19 +42,19 @@ from rl_scaniqa.agents.extractor import ScanpathExtractor
 
 
 class ScanpathHead(nn.Module):
-    """SB3 ``mlp_extractor`` of the scanpath policies: logits through, value MLP on [h; g].
+    """SB3 ``mlp_extractor`` of the scanpath policies: logits through, value MLP on [h; g; τ].
 
-    Reads the extractor output ``[masked logits (V) ; h ; g]``; ``latent_dim_pi = V`` (so
+    Reads the extractor output ``[masked logits (V) ; h ; g ; τ]``; ``latent_dim_pi = V`` (so
     ``action_net`` is the identity) and ``latent_dim_vf`` is the value MLP's width (or that of
-    [h; g] when ``value_arch`` is empty).
+    [h; g; τ] when ``value_arch`` is empty).
     """
 
-    def __init__(self, n_viewports: int, state_dim: int, value_arch: list[int],
+    def __init__(self, n_viewports: int, critic_dim: int, value_arch: list[int],
                  activation_fn: type[nn.Module]) -> None:
         super().__init__()
         self.n_viewports = n_viewports
         layers: list[nn.Module] = []
-        width = state_dim
+        width = critic_dim
         for size in value_arch:
             layers += [nn.Linear(width, size), activation_fn()]
             width = size
@@ -71,7 +71,7 @@ class ScanpathHead(nn.Module):
         return features[:, : self.n_viewports]
 
     def forward_critic(self, features: th.Tensor) -> th.Tensor:
-        """Value features (B, latent_dim_vf) from [h; g]."""
+        """Value features (B, latent_dim_vf) from [h; g; τ]."""
         return self.value_mlp(features[:, self.n_viewports :])
 
 
@@ -86,7 +86,7 @@ else:
 class _ScanpathPolicyMixin(_PolicyBase):
     """Builds the scanpath head in place of SB3's MlpExtractor and action_net (both policies).
 
-    ``net_arch`` is the list of hidden widths of the value MLP on [h; g] (default ``[64]``); the
+    ``net_arch`` is the list of hidden widths of the value MLP on [h; g; τ] (default ``[64]``); the
     actor has no MLP (it is the attention), so a dict with a ``"pi"`` entry is rejected.
     """
 
@@ -140,7 +140,7 @@ class _ScanpathPolicyMixin(_PolicyBase):
             raise ValueError(f"action space has {n_actions} actions but the observation has "
                              f"{extractor.n_viewports} candidates")
         self.mlp_extractor = ScanpathHead(  # type: ignore[assignment]
-            extractor.n_viewports, extractor.state_dim, cast(list[int], self.net_arch),
+            extractor.n_viewports, extractor.critic_dim, cast(list[int], self.net_arch),
             self.activation_fn)
 
     def _build(self, lr_schedule: Schedule) -> None:

@@ -37,7 +37,8 @@ class ModelLoadError(RLScanIQAError, ValueError):
 MODEL_FORMAT = "rl_scaniqa.model"
 #: 2: trained on features of the canonical-density ERP (``canonical_erp``); version 1 models saw
 #: the native resolution and would be fed features they never learnt from.
-MODEL_VERSION = 2
+#: 3: the critic reads the episode's progress τ (its value MLP is two inputs wider than in 2).
+MODEL_VERSION = 3
 POLICY_NAME = "policy.zip"
 MODEL_CONFIG_NAME = "model.json"
 
@@ -88,8 +89,10 @@ class ScanIQAModel:
         except json.JSONDecodeError as error:
             raise ValueError(f"{config_path}: not valid JSON ({error})") from None
         if document.get("format") != MODEL_FORMAT or document.get("version") != MODEL_VERSION:
-            hint = ("; version 1 models were trained on native-resolution features: retrain with this "
-                    "release" if document.get("format") == MODEL_FORMAT and document.get("version") == 1 else "")
+            why = {1: "were trained on native-resolution features",
+                   2: "have a critic without the episode's progress"}.get(document.get("version"))
+            hint = (f"; version {document.get('version')} models {why}: retrain with this release"
+                    if document.get("format") == MODEL_FORMAT and why else "")
             raise ValueError(f"{config_path}: not an RL-ScanIQA model of version {MODEL_VERSION} "
                              f"(format {document.get('format')!r}, version {document.get('version')!r}){hint}")
         def read_field(name: str, parse: Callable[[Any], T]) -> T:

@@ -33,6 +33,9 @@ class RewardSettings:
     """Terminal task reward weight of −(q̂ − MOS)², the assessor's squared error on the path."""
     task_rank: float = TaskRewardSchedule.rank_weight
     """Terminal task reward weight of the assessor's ranking agreement within the batch."""
+    task_gain: float = TaskRewardSchedule.gain_weight
+    """Step reward weight of the information gain: how much each step's viewport reduced the
+    assessor's squared error on the path (``agents.reward_wrapper``); 0 = none, the paper's reward."""
     task_warmup_fraction: float = 0.1
     """Fraction of the run over which the task weights ramp from 0 (paper: 30 of 300 epochs)."""
     task_baseline_paths: int = 0
@@ -40,6 +43,8 @@ class RewardSettings:
     per-image baseline, ``agents.path_baseline``); 0 = none, the paper's reward."""
 
     def __post_init__(self) -> None:
+        if self.task_gain < 0:
+            raise ValueError(f"task_gain must be 0 (no information gain) or more, got {self.task_gain}")
         if self.task_baseline_paths < 0:
             raise ValueError(f"task_baseline_paths must be 0 (no baseline) or more, got {self.task_baseline_paths}")
 
@@ -66,6 +71,9 @@ class PPOSettings:
     ent_coef_start: float = 0.02
     ent_coef_end: float = 0.005
     max_grad_norm: float = 1.0
+    normalize_reward: bool = True
+    """Divide the rewards PPO learns from by a running std of the discounted return (SB3's
+    ``VecNormalize``); the env and task rewards themselves, and every reported figure, are unscaled."""
     embed_dim: int = 32
     """Policy width of the viewport embedding (32: ~25% faster than 64, same learning curve)."""
     hidden_dim: int = 32

@@ -121,10 +121,12 @@ class Panorama360Env(gym.Env[Observation, int]):
 
     ``info`` at every step: ``action_mask`` (bool (V,), True = allowed next), ``path_index``
     (path of the action just taken; 0 at reset), ``step_in_path`` (actions taken in it, 1..T;
-    0 at reset), ``path_done``; at reset also ``image_index``. When a path ends it adds ``path``
-    (list of its L viewport indices), ``path_features`` ((L, D) float32, standardised),
-    ``global_feature`` ((D,) float32), ``image_index`` and ``mos_normalized`` (MOS on 0..1). The
-    last step adds ``paths`` (int64 (K, L)), ``image_id``, ``mos`` (raw scale),
+    0 at reset), ``path_done``; at reset also ``image_index``. After every action it holds what
+    the path of that action has seen so far: ``path`` (list of its viewport indices, start
+    included; all L of them once ``path_done``), ``path_features`` ((len(path), D) float32,
+    standardised), ``global_feature`` ((D,) float32), ``image_index`` and ``mos_normalized`` (MOS
+    on 0..1), so a reward outside the env can credit each step (``path_done`` marks the path's
+    end, where the assessor's terminal reward applies). The last step adds ``paths`` (int64 (K, L)), ``image_id``, ``mos`` (raw scale),
     ``coverage``, ``jaccard`` and ``reward_components``: the weighted step terms ``entropy``,
     ``ssim``, ``novelty``, ``equator`` as float64 (K, T) arrays and the set terms
     ``set_coverage`` (= β_cov · coverage) and ``set_jaccard`` (= −β_jac · jaccard) as 0-d arrays;
@@ -332,6 +334,7 @@ class Panorama360Env(gym.Env[Observation, int]):
             self._n_unique += 1
         info: dict[str, Any] = {"path_index": self._path_index, "step_in_path": step_in_path,
                                 "path_done": step_in_path == self.path_length}
+        self._add_path_seen(info)
         if step_in_path < self.path_length:
             info["action_mask"] = self._mask()
             return self._observation(), reward, False, False, info
@@ -419,18 +422,23 @@ class Panorama360Env(gym.Env[Observation, int]):
         self._visited_list[start] = True
         self._n_unique = 1
 
-    def _end_path(self, reward: float,
-                  info: dict[str, Any]) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
-        """Finish the current path: path info, then the next path or the episode's end."""
+    def _add_path_seen(self, info: dict[str, Any]) -> None:
+        """What the current path has seen so far, for rewards built outside the env."""
         index = self._image_index
-        assert index is not None, "a path ends only inside an episode (step checks reset)"
+        assert index is not None, "steps happen only inside an episode (step checks reset)"
         path = self._path
-        self._paths.append(path)
         info["path"] = list(path)
         info["path_features"] = self._candidates[path]
         info["global_feature"] = self._global.copy()
         info["image_index"] = index
         info["mos_normalized"] = float(self._mos_normalized[index])
+
+    def _end_path(self, reward: float,
+                  info: dict[str, Any]) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
+        """Finish the current path: path info, then the next path or the episode's end."""
+        index = self._image_index
+        assert index is not None, "a path ends only inside an episode (step checks reset)"
+        self._paths.append(self._path)
         if self._path_index + 1 < self.n_paths:
             self._path_index += 1
             self._start_path()

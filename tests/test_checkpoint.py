@@ -41,6 +41,8 @@ def test_a_rerun_continues_from_the_checkpoint_and_keeps_the_one_before(cache, t
     assert first.resumed_from is None and has_checkpoint(folder)
     progress = json.loads((folder / PROGRESS_NAME).read_text())
     assert progress.pop("wall_seconds") > 0
+    scaling = progress.pop("reward_scaling")
+    assert scaling["count"] > 90 and scaling["var"] > 0  # the return statistics of 96 steps
     assert progress == {"num_timesteps": 96, "rollouts": 4, "reward_env_timesteps": 96}
     # The checkpoint before the last save is kept, complete.
     assert json.loads((previous_of(folder) / PROGRESS_NAME).read_text())["num_timesteps"] == 96
@@ -57,6 +59,8 @@ def test_restore_loads_the_saved_weights_exactly(cache, tmp_path):
     fresh = setup_cotraining(settings(48), cache, stats=trained.stats)
     before = parameters(fresh)
     assert restore_checkpoint(fresh, folder) == 48
+    for name in ("mean", "var", "count"):  # PPO goes on with the same reward scale
+        assert getattr(fresh.reward_scaling.ret_rms, name) == getattr(trained.reward_scaling.ret_rms, name)
     after, expected = parameters(fresh), parameters(trained)
     assert any(not torch.equal(before[name], after[name]) for name in after)
     for name, tensor in expected.items():

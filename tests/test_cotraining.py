@@ -18,6 +18,7 @@ from rl_scaniqa.agents.reward_wrapper import (
     AssessorRewardVecWrapper,
     AssessorRewardWrapper,
     TaskRewardSchedule,
+    information_gain,
     task_rewards,
 )
 from rl_scaniqa.agents.scaniqa_model import ScanIQAModel, build_policy
@@ -98,6 +99,79 @@ def test_gym_wrapper_ranks_against_memory_of_other_images(cache):
     prediction = first_path_info["assessor_prediction"]
     assert first_path_info["task_reward"]["mse"] == pytest.approx(
         -(prediction - first_path_info["mos_normalized"]) ** 2)
+
+
+def test_env_info_holds_the_path_seen_so_far_at_every_step(cache):
+    env = Panorama360Env(**env_kwargs(cache))
+    env.reset(seed=3)
+    taken: list[int] = []
+    info: dict = {}
+    for action in (5, 1, 2):
+        _, _, _, _, info = env.step(action)
+        taken.append(action)
+        assert info["path"][1:] == taken
+        assert info["path_features"].shape == (len(taken) + 1, cache.dim)
+    assert info["path_done"]
+
+
+def _squared_errors(assessor, infos, drop_last: int) -> np.ndarray:
+    """The assessor's squared error on each info's path without its last ``drop_last`` viewports."""
+    features = np.stack([i["path_features"][:len(i["path"]) - drop_last] for i in infos])
+    predictions = assessor.predict(features, np.stack([i["global_feature"] for i in infos]))
+    return (predictions - np.array([i["mos_normalized"] for i in infos])) ** 2
+
+
+def test_information_gain_is_the_error_reduction_of_the_last_viewport(cache):
+    assessor = make_assessor(cache.dim)
+    venv = DummyVecEnv([lambda: Panorama360Env(**env_kwargs(cache)) for _ in range(3)])
+    venv.seed(4)
+    venv.reset()
+    venv.step(np.array([3, 4, 5]))
+    _, _, _, infos = venv.step(np.array([1, 6, 7]))  # paths of three viewports, none ended
+    gains = information_gain(assessor, infos)
+    np.testing.assert_allclose(gains, _squared_errors(assessor, infos, 1) - _squared_errors(assessor, infos, 0),
+                               rtol=1e-5, atol=1e-9)
+    assert np.abs(gains).max() > 0  # an untrained assessor's prediction still moves with the viewports
+    with pytest.raises(ValueError, match="at least one action"):
+        information_gain(assessor, [dict(infos[0], path=infos[0]["path"][:1])])
+    with pytest.raises(ValueError, match="task_gain"):
+        RewardSettings(task_gain=-1.0)
+
+
+def test_gains_of_a_path_telescope_to_its_error_reduction_from_the_start_alone(cache):
+    assessor = make_assessor(cache.dim)
+    schedule = TaskRewardSchedule(mse_weight=0.0, rank_weight=0.0, gain_weight=3.0)
+    plain = DummyVecEnv([lambda: Panorama360Env(**env_kwargs(cache)) for _ in range(2)])
+    wrapped = AssessorRewardVecWrapper(
+        DummyVecEnv([lambda: Panorama360Env(**env_kwargs(cache)) for _ in range(2)]), assessor, schedule)
+    single = AssessorRewardWrapper(Panorama360Env(**env_kwargs(cache)), assessor, schedule)
+    single_plain = Panorama360Env(**env_kwargs(cache))
+    for env in (plain, wrapped):
+        env.seed(5)
+        env.reset()
+    single.reset(seed=5)
+    single_plain.reset(seed=5)
+    rng = np.random.default_rng(1)
+    added, single_added = np.zeros(2), 0.0
+    infos: list = []
+    single_info: dict = {}
+    for _ in range(3):  # one whole path of three actions
+        actions = rng.integers(0, GRID.n_viewports, size=2)
+        _, base, _, _ = plain.step(actions)
+        _, rewards, _, infos = wrapped.step(actions)
+        added += rewards - base
+        _, single_reward, _, _, single_info = single.step(int(actions[0]))
+        single_added += single_reward - single_plain.step(int(actions[0]))[1]
+    assert all(i["path_done"] for i in infos)
+    start_only = _squared_errors(assessor, infos, 3)  # the start viewport alone
+    whole = _squared_errors(assessor, infos, 0)
+    np.testing.assert_allclose(added, 3.0 * (start_only - whole), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose([i["task_reward"]["gain"] for i in infos], start_only - whole, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose([i["task_reward"]["total"] for i in infos], added, rtol=1e-4, atol=1e-6)
+    single_start = _squared_errors(assessor, [single_info], 3)[0]
+    single_whole = _squared_errors(assessor, [single_info], 0)[0]
+    assert single_added == pytest.approx(3.0 * (single_start - single_whole), rel=1e-4, abs=1e-6)
+    assert single_info["task_reward"]["gain"] == pytest.approx(single_start - single_whole, rel=1e-4, abs=1e-7)
 
 
 def test_random_path_baseline_scores_paths_shaped_like_the_scored_ones(cache):
@@ -192,8 +266,8 @@ def test_reward_stats_measure_the_task_rewards_share_of_the_spread_between_paths
     zeros = np.zeros((2, 3))
     components = {"entropy": np.array([[0.1, 0.2, 0.3], [0.3, 0.3, 0.3]]), "ssim": zeros, "novelty": zeros,
                   "equator": zeros}
-    path_end = {"task_reward": {"mse": -0.1, "rank": -0.5, "total": -1.0}}
-    last = {"task_reward": {"mse": -0.2, "rank": -0.5, "total": -2.0}, "reward_components": components,
+    path_end = {"task_reward": {"mse": -0.1, "rank": -0.5, "gain": 0.0, "total": -1.0}}
+    last = {"task_reward": {"mse": -0.2, "rank": -0.5, "gain": 0.0, "total": -2.0}, "reward_components": components,
             "coverage": 0.5, "jaccard": 0.1}
     for infos in ([path_end, {}], [last, {}]):
         callback.locals = {"infos": infos}

@@ -72,11 +72,27 @@ def observations(batch, n_images=3, seed=0, n_viewports=V, dim=D, length=L):
 
 # ---------------------------------------------------------------- shapes and construction
 
+def test_the_critic_sees_how_far_the_episode_has_come_and_the_actor_does_not():
+    policy = make_policy()
+    early, late = observations(4), observations(4)
+    late["step"] = th.full((4, 1), float(L - 1))
+    late["path"] = th.ones(4, 1)
+    with th.no_grad():
+        early_features, late_features = policy.extract_features(early), policy.extract_features(late)
+        assert th.equal(early_features[:, :V], late_features[:, :V])  # same logits
+        assert not th.allclose(policy.predict_values(early), policy.predict_values(late))
+    progress = late_features[:, -2:]
+    space = policy.observation_space
+    expected = th.tensor([(L - 1) / float(space["step"].high[0]), 1.0 / float(space["path"].high[0])])
+    assert th.allclose(progress, expected.expand(4, 2))
+
+
+
 def test_shapes_and_identity_action_net():
     policy = make_policy()
     obs = observations(5)
     features = policy.extract_features(obs)
-    assert features.shape == (5, V + 8 + 8) == (5, policy.features_extractor.features_dim)
+    assert features.shape == (5, V + 8 + 8 + 2) == (5, policy.features_extractor.features_dim)
     assert isinstance(policy.action_net, th.nn.Identity)
     assert isinstance(policy.mlp_extractor, ScanpathHead)
     actions, values, log_prob = policy(obs)

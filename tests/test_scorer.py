@@ -160,13 +160,15 @@ def test_missing_or_mismatched_model_is_a_clear_error(model_dir: Path, tmp_path:
         Scorer.from_pretrained(broken, device="cpu")
     with pytest.raises(ScorerError, match="unknown backbone"):
         Scorer.from_pretrained(model_dir, device="cpu", backbone="resnet")
-    # A model of the previous version saw native-resolution features: refused with the reason.
+    # Models of earlier versions are refused with the reason.
     old = tmp_path / "old"
     shutil.copytree(model_dir, old)
     document = json.loads((old / "model.json").read_text())
-    (old / "model.json").write_text(json.dumps({**document, "version": 1}))
-    with pytest.raises(ScorerError, match="version 1 models were trained on native-resolution features"):
-        Scorer.from_pretrained(old, device="cpu")
+    for version, reason in ((1, "were trained on native-resolution features"),
+                            (2, "have a critic without the episode's progress")):
+        (old / "model.json").write_text(json.dumps({**document, "version": version}))
+        with pytest.raises(ScorerError, match=f"version {version} models {reason}: retrain"):
+            Scorer.from_pretrained(old, device="cpu")
 
 
 def test_a_bad_file_is_reported_and_the_others_are_scored(scorer: Scorer, folder: Path) -> None:
