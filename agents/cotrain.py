@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.utils import LinearSchedule
-from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
 from rl_scaniqa.agents.assessor_training import AssessorTrainer, AssessorTrainingConfig
 from rl_scaniqa.agents.callbacks import (
@@ -120,13 +120,15 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
                      checkpoint_dir: str | Path | None = None,
                      checkpoint_every: int = 0,
                      on_update: Callable[[dict[str, Any]], None] | None = None,
-                     tensorboard_log: str | None = None) -> CoTrainRun:
+                     tensorboard_log: str | None = None,
+                     extra_reward: Callable[[VecEnv], VecEnv] | None = None) -> CoTrainRun:
     """Build PPO, assessor, reward wrapper, trainer and callback over the images of ``cache``.
 
     ``cache`` holds the training images only (use :meth:`FeatureCache.subset`); ``stats``
     defaults to statistics fitted on them. ``validate(policy, assessor)`` runs every
     ``validate_every`` rollouts, a checkpoint is saved to ``checkpoint_dir`` every
-    ``checkpoint_every`` rollouts (0 = never).
+    ``checkpoint_every`` rollouts (0 = never). ``extra_reward`` wraps the env with a reward
+    of the caller's (e.g. :class:`~rl_scaniqa.agents.damage.DamageHitReward`) before PPO sees it.
     """
     torch.manual_seed(settings.seed)
     settings = dataclasses.replace(settings, device=resolve_device(settings.device))
@@ -147,7 +149,8 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
     # The returns are large (every one of the K · T steps of an episode earns exploration rewards:
     # about 65 at the start with γ = 0.99), and a critic that must learn that scale at lr 3e-4 leaves
     # advantages that bury the task reward. Scaling the rewards keeps the critic's targets near 1.
-    reward_scaling = (VecNormalize(env, norm_obs=False, norm_reward=True, gamma=ppo_settings.gamma)
+    ppo_env = env if extra_reward is None else extra_reward(env)
+    reward_scaling = (VecNormalize(ppo_env, norm_obs=False, norm_reward=True, gamma=ppo_settings.gamma)
                       if ppo_settings.normalize_reward else None)
     # Random warm-up paths start where the env's default ("front") paths start.
     start_viewport = cache.grid.nearest(0.0, 0.0)
@@ -158,7 +161,7 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
             learning_rate=settings.assessor.learning_rate, batch_size=settings.assessor.batch_size,
             policy_path_fraction=settings.assessor.policy_path_fraction,
             loss_weights=settings.assessor.loss_weights()))
-    ppo = PPO(ScanpathPolicy, reward_scaling or env, learning_rate=ppo_settings.learning_rate,
+    ppo = PPO(ScanpathPolicy, reward_scaling or ppo_env, learning_rate=ppo_settings.learning_rate,
               n_steps=ppo_settings.n_steps, batch_size=ppo_settings.batch_size,
               n_epochs=ppo_settings.n_epochs, gamma=ppo_settings.gamma,
               gae_lambda=ppo_settings.gae_lambda,

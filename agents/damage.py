@@ -24,6 +24,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from rl_scaniqa.agents.evaluation import Scanpaths
 from rl_scaniqa.assessor.metrics import MIN_ITEMS, srcc
@@ -111,6 +113,32 @@ def distance_profile(scanpaths: Scanpaths, cache: FeatureCache) -> np.ndarray:
     distances = np.take_along_axis(cap_distances(cache.grid, caps), steps, axis=1)
     counts, _ = np.histogram(distances, bins=DISTANCE_BIN_EDGES)
     return counts / counts.sum()
+
+
+class DamageHitReward(VecEnvWrapper):
+    """A diagnostic reward that reads the labels: ``weight`` for every step that hits the damage.
+
+    Not a method (a blind quality model never knows where the damage is): it asks whether the
+    policy and PPO can learn to look at the damage at all when the reward says exactly where it
+    is (``experiments/damage_reward_probe.py``). Wraps a VecEnv of ``Panorama360Env`` over
+    ``cache``; a step hits when its viewport sees at least :data:`HIT_FRACTION` of the image's cap.
+    """
+
+    def __init__(self, venv: VecEnv, cache: FeatureCache, weight: float = 1.0) -> None:
+        super().__init__(venv)
+        self.weight = weight
+        located = has_cap(cache)
+        self.hits = np.zeros((len(cache), cache.grid.n_viewports), dtype=bool)
+        if located.any():
+            self.hits[located] = cap_overlap(cache.grid, cache.caps[located]) >= HIT_FRACTION
+
+    def reset(self) -> VecEnvObs:
+        return self.venv.reset()
+
+    def step_wait(self) -> VecEnvStepReturn:
+        observations, rewards, dones, infos = self.venv.step_wait()
+        hit = [self.hits[info["image_index"], info["path"][-1]] for info in infos]
+        return observations, rewards + self.weight * np.asarray(hit, dtype=np.float32), dones, infos
 
 
 def local_srcc(cache: FeatureCache, image_indices: Sequence[int] | np.ndarray,

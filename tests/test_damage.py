@@ -12,6 +12,7 @@ from rl_scaniqa.agents.baselines import DamageOracleAgent, RandomPathAgent
 from rl_scaniqa.agents.damage import (
     DISTANCE_BIN_EDGES,
     HIT_FRACTION,
+    DamageHitReward,
     cap_distances,
     cap_overlap,
     damage_hit_rate,
@@ -22,6 +23,7 @@ from rl_scaniqa.agents.damage import (
 from rl_scaniqa.agents.evaluation import Scanpaths, run_agent
 from rl_scaniqa.envs.data.geometry import ViewportGrid
 from rl_scaniqa.envs.features.random_cache import random_feature_cache
+from rl_scaniqa.envs.panorama_env import Panorama360Env
 
 GRID = ViewportGrid()
 FRONT = GRID.nearest(0.0, 0.0)
@@ -162,3 +164,28 @@ def test_oracle_refuses_another_grid_and_predict_before_begin_episodes(runs):
     observation = {"visited": np.zeros(GRID.n_viewports, np.float32)}
     with pytest.raises(RuntimeError, match="begin_episodes"):
         DamageOracleAgent(GRID).predict(observation)
+
+
+def test_damage_hit_reward_pays_exactly_the_steps_that_hit_the_cap():
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    cache = synth_like_cache()
+    kwargs = dict(feature_cache=cache, split="all", n_paths=2, path_length=3)
+    plain = DummyVecEnv([lambda: Panorama360Env(**kwargs) for _ in range(3)])
+    wrapped = DamageHitReward(DummyVecEnv([lambda: Panorama360Env(**kwargs) for _ in range(3)]), cache, 2.5)
+    for env in (plain, wrapped):
+        env.seed(3)
+        env.reset()
+    overlap = np.zeros((len(cache), GRID.n_viewports))
+    located = has_cap(cache)
+    overlap[located] = cap_overlap(GRID, cache.caps[located])
+    rng = np.random.default_rng(0)
+    paid = 0
+    for _ in range(30):  # five episodes per env
+        actions = rng.integers(0, GRID.n_viewports, size=3)
+        _, base, _, _ = plain.step(actions)
+        _, rewards, _, infos = wrapped.step(actions)
+        hits = np.array([overlap[i["image_index"], i["path"][-1]] >= HIT_FRACTION for i in infos])
+        np.testing.assert_allclose(rewards - base, 2.5 * hits, atol=1e-6)
+        paid += int(hits.sum())
+    assert paid > 0  # the check saw hits, not only misses

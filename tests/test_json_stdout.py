@@ -73,3 +73,25 @@ def test_assessor_fit_json_report_and_variant_check(tmp_path):
     result = subprocess.run([sys.executable, script, "--variants", "lr 9"], capture_output=True,
                             text=True, env=dict(os.environ, RL_SCANIQA_HOME=str(tmp_path)))
     assert result.returncode == 2 and "--variants: ['lr 9']; known: default" in result.stderr
+
+
+@pytest.mark.slow
+def test_damage_reward_probe_json_and_report(tmp_path):
+    from rl_scaniqa.envs.data.datasets.synth360 import generate_synth360
+
+    root = generate_synth360(tmp_path / "synth", n_refs=6, width=128, combos_per_ref=2, levels=(1, 5),
+                             progress=False)
+    script = str(REPO / "experiments" / "damage_reward_probe.py")
+    out = tmp_path / "probe"
+    (summary,) = json_lines(piped([sys.executable, script, "--quick", "--root", str(root),
+                                   "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+                                   "--json"], tmp_path))
+    assert summary["splits"] == 1
+    for side in ("train", "test"):
+        assert set(summary[side]) == {"policy", "random", "oracle"}
+        assert summary[side]["oracle"] >= summary[side]["random"]
+    assert "| train policy |" in (out / "report.md").read_text()
+    assert (out / "hit_rates.png").stat().st_size > 0
+    result = subprocess.run([sys.executable, script, "--hit-reward", "0"], capture_output=True,
+                            text=True, env=dict(os.environ, RL_SCANIQA_HOME=str(tmp_path)))
+    assert result.returncode == 2 and "--hit-reward must be above 0" in result.stderr
