@@ -13,14 +13,12 @@ The output is the flat tensor ``[logit_1 .. logit_V ; h ; g ; τ]``:
 distribution unchanged and feeds ``[h ; g ; τ]`` to the value MLP, where ``τ = (step / T,
 path / (K − 1))`` says how far the episode has come. The critic needs it: an episode is K · T
 steps (105 by default) and every step earns exploration rewards, so with γ = 0.99 the return of a
-state depends mostly on the steps left. Without τ the value function cannot tell them apart;
-on the default Synth360 its loss stayed above 200 (explained variance 0.29) and the advantage
-noise it left buried a +1 reward for looking at the damage: PPO then did not learn it in 150k
-steps (damage hit rate 0.22 vs 0.24 for random paths), while the same actor learnt it by
-supervision in 250 steps. The attention is computed here,
-not in the head, because its keys are a B x V x A tensor: passing them through the flat
-features tensor would cost a concatenation and a split (forward and backward) of the largest
-activation of the network.
+state depends mostly on the steps left, which nothing else in the state tells (measured in
+``docs/results/time-aware-critic``).
+
+The attention is computed here, not in the head, because its keys are a B x V x A tensor:
+passing them through the flat features tensor would cost a concatenation and a split (forward
+and backward) of the largest activation of the network.
 
 Speed trick. The candidate projection dominates the cost, and the candidates are identical for
 every step of an image's episode (K paths x T steps), so a PPO minibatch drawn from a rollout holds
