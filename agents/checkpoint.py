@@ -110,8 +110,8 @@ def _restore_scaling(run: CoTrainRun, state: dict[str, Any] | None, folder: Path
                               f"has {'it' if scaling is not None else 'none'} (ppo.normalize_reward)")
     if scaling is None or state is None:
         return
-    scaling.ret_rms.mean = np.float64(state["mean"])
-    scaling.ret_rms.var = np.float64(state["var"])
+    scaling.ret_rms.mean = np.asarray(state["mean"], dtype=np.float64)
+    scaling.ret_rms.var = np.asarray(state["var"], dtype=np.float64)
     scaling.ret_rms.count = state["count"]
 
 

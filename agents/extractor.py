@@ -82,6 +82,14 @@ def _check_space(observation_space: spaces.Space) -> tuple[int, int]:
     return n_viewports, dim
 
 
+def _upper_bound(observation_space: spaces.Dict, key: str) -> float:
+    """The largest value of a counter entry (a ``Box`` of shape (1,)); 1 when it is 0."""
+    space = observation_space[key]
+    if not isinstance(space, spaces.Box):
+        raise ValueError(f"ScanpathExtractor: '{key}' must be a Box, got {space}")
+    return float(space.high[0]) or 1.0
+
+
 def _tanh(x: th.Tensor) -> th.Tensor:
     """tanh(x) computed as 2 sigmoid(2x) - 1.
 
@@ -134,8 +142,8 @@ class ScanpathExtractor(BaseFeaturesExtractor):
         #: Width of the critic's input ``[h ; g ; τ]``: everything after the logits.
         self.critic_dim = self.state_dim + PROGRESS_DIM
         # τ divides the counters by their largest values (the spaces' bounds: T and K − 1).
-        self._progress_scale = (float(observation_space["step"].high[0]) or 1.0,
-                                float(observation_space["path"].high[0]) or 1.0)
+        self._progress_scale = (_upper_bound(observation_space, "step"),
+                                _upper_bound(observation_space, "path"))
         self.dedup_min_batch = dedup_min_batch
         self.candidate_proj = nn.Linear(dim, embed_dim)
         self.global_proj = nn.Linear(dim, embed_dim)
