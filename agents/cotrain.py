@@ -147,8 +147,8 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
     env = AssessorRewardVecWrapper(venv, assessor, schedule, baseline)
     ppo_settings = settings.ppo
     # The returns are large (every one of the K · T steps of an episode earns exploration rewards:
-    # about 65 at the start with γ = 0.99), and a critic that must learn that scale at lr 3e-4 leaves
-    # advantages that bury the task reward. Scaling the rewards keeps the critic's targets near 1.
+    # 65 to 150 at the start with γ = 0.99), and a critic that must learn that scale at lr 3e-4
+    # leaves advantages that bury the task reward. Scaling the rewards keeps its targets near 1.
     ppo_env = env if extra_reward is None else extra_reward(env)
     reward_scaling = (VecNormalize(ppo_env, norm_obs=False, norm_reward=True, gamma=ppo_settings.gamma)
                       if ppo_settings.normalize_reward else None)
