@@ -393,6 +393,7 @@ class Panorama360Env(gym.Env[Observation, int]):
         self._candidates = observed_viewports(cache, self.feature_stats, index, clip)
         global_feature = self.feature_stats.standardize_global(cache.global_features[index])
         self._global = np.clip(global_feature, -clip, clip).astype(np.float32, copy=False)
+        self._image_mos = float(self._mos_normalized[index])
         weights = self.reward_weights
         self._entropy_terms: list[float] = (
             weights.entropy * rewards.entropy_term(cache.entropy[index])).tolist()
@@ -428,10 +429,11 @@ class Panorama360Env(gym.Env[Observation, int]):
         assert index is not None, "steps happen only inside an episode (step checks reset)"
         path = self._path
         info["path"] = list(path)
-        info["path_features"] = self._candidates[path]
+        # take, not fancy indexing: this runs at every step and take is ~4x faster on small rows.
+        info["path_features"] = self._candidates.take(path, axis=0)
         info["global_feature"] = self._global.copy()
         info["image_index"] = index
-        info["mos_normalized"] = float(self._mos_normalized[index])
+        info["mos_normalized"] = self._image_mos
 
     def _end_path(self, reward: float,
                   info: dict[str, Any]) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
