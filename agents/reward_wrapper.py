@@ -191,6 +191,7 @@ class AssessorRewardVecWrapper(VecEnvWrapper):
         self._path_gains = _PathGains(self.num_envs)
 
     def reset(self) -> Any:
+        self._path_gains = _PathGains(self.num_envs)  # a reset abandons the paths under way
         return self.venv.reset()
 
     def step_wait(self):
@@ -241,6 +242,10 @@ class AssessorRewardWrapper(gym.Wrapper):
         self.num_timesteps = 0
         self._memory: deque[tuple[int, float, float]] = deque(maxlen=memory_size)
         self._path_gains = _PathGains(1)
+
+    def reset(self, **kwargs):
+        self._path_gains = _PathGains(1)  # a reset abandons the path under way
+        return self.env.reset(**kwargs)
 
     def step(self, action):
         observation, reward, terminated, truncated, info = self.env.step(action)

@@ -351,3 +351,17 @@ def test_settings_nested_options_and_config(tmp_path):
     assert settings.assessor == CoTrainSettings().assessor
     with pytest.raises(ValueError, match="unknown"):
         CoTrainSettings.from_dict({"ppo": {"n_env": 1}})
+
+
+def test_a_reset_mid_path_leaves_no_gain_behind(cache):
+    assessor = make_assessor(cache.dim)
+    env = AssessorRewardWrapper(Panorama360Env(**env_kwargs(cache)), assessor,
+                                TaskRewardSchedule(mse_weight=0.0, rank_weight=0.0, gain_weight=1.0))
+    env.reset(seed=2)
+    env.step(4)  # a path abandoned by the reset below
+    env.reset(seed=3)
+    info: dict = {}
+    for action in (1, 6, 7):
+        _, _, _, _, info = env.step(action)
+    expected = _squared_errors(assessor, [info], 3)[0] - _squared_errors(assessor, [info], 0)[0]
+    assert info["task_reward"]["gain"] == pytest.approx(expected, rel=1e-4, abs=1e-7)
