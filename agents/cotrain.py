@@ -138,7 +138,8 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
         attention_dim=settings.assessor.attention_dim, dropout=settings.assessor.dropout))
     schedule = TaskRewardSchedule(
         mse_weight=settings.reward.task_mse, rank_weight=settings.reward.task_rank,
-        gain_weight=settings.reward.task_gain, warmup_steps=int(settings.reward.task_warmup_fraction * settings.total_timesteps))
+        gain_weight=settings.reward.task_gain,
+        warmup_steps=int(settings.reward.task_warmup_fraction * settings.total_timesteps))
     venv = make_training_env(settings, cache, stats)
     baseline = None
     if settings.reward.task_baseline_paths > 0:

@@ -73,6 +73,11 @@ def cap_overlap(grid: ViewportGrid, caps: np.ndarray, n_points: int = N_SPHERE_P
     return (seen / counts).T
 
 
+def damage_hits(grid: ViewportGrid, caps: np.ndarray) -> np.ndarray:
+    """(N, V) bool: whether each viewport sees at least :data:`HIT_FRACTION` of each cap."""
+    return cap_overlap(grid, caps) >= HIT_FRACTION
+
+
 def cap_distances(grid: ViewportGrid, caps: np.ndarray) -> np.ndarray:
     """(N, V) great-circle distance in degrees from each cap centre to each viewport centre."""
     caps = np.asarray(caps, dtype=np.float64).reshape(-1, 3)
@@ -98,8 +103,7 @@ def damage_hit_rate(scanpaths: Scanpaths, cache: FeatureCache) -> float:
     caps, steps = _local_steps(scanpaths, cache)
     if not len(caps):
         return math.nan
-    overlap = cap_overlap(cache.grid, caps)
-    return float((np.take_along_axis(overlap, steps, axis=1) >= HIT_FRACTION).mean())
+    return float(np.take_along_axis(damage_hits(cache.grid, caps), steps, axis=1).mean())
 
 
 def distance_profile(scanpaths: Scanpaths, cache: FeatureCache) -> np.ndarray:
@@ -130,7 +134,7 @@ class DamageHitReward(VecEnvWrapper):
         located = has_cap(cache)
         self.hits = np.zeros((len(cache), cache.grid.n_viewports), dtype=bool)
         if located.any():
-            self.hits[located] = cap_overlap(cache.grid, cache.caps[located]) >= HIT_FRACTION
+            self.hits[located] = damage_hits(cache.grid, cache.caps[located])
 
     def reset(self) -> VecEnvObs:
         return self.venv.reset()

@@ -11,7 +11,7 @@ and the speed tricks). Viewports already visited in the current path get the log
 ``-inf``), except when every viewport is visited (T >= V). The critic is an MLP on [h; g; τ]
 (τ: how far the episode has come, see the extractor) followed by SB3's ``value_net``.
 
-How it fits SB3: the extractor's output is ``[logits ; h ; g]``; :class:`ScanpathHead` is the
+How it fits SB3: the extractor's output is ``[logits ; h ; g ; τ]``; :class:`ScanpathHead` is the
 ``mlp_extractor`` (logits through as ``latent_pi``, value MLP as ``latent_vf``) and ``action_net``
 is ``nn.Identity``. SB3's own ``forward``, ``evaluate_actions``, ``get_distribution``,
 ``predict_values``, ``predict`` and ``save``/``load`` therefore run unchanged, and sb3-contrib

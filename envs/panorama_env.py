@@ -126,7 +126,8 @@ class Panorama360Env(gym.Env[Observation, int]):
     included; all L of them once ``path_done``), ``path_features`` ((len(path), D) float32,
     standardised), ``global_feature`` ((D,) float32), ``image_index`` and ``mos_normalized`` (MOS
     on 0..1), so a reward outside the env can credit each step (``path_done`` marks the path's
-    end, where the assessor's terminal reward applies). The last step adds ``paths`` (int64 (K, L)), ``image_id``, ``mos`` (raw scale),
+    end, where the assessor's terminal reward applies). The last step adds ``paths`` (int64
+    (K, L)), ``image_id``, ``mos`` (raw scale),
     ``coverage``, ``jaccard`` and ``reward_components``: the weighted step terms ``entropy``,
     ``ssim``, ``novelty``, ``equator`` as float64 (K, T) arrays and the set terms
     ``set_coverage`` (= β_cov · coverage) and ``set_jaccard`` (= −β_jac · jaccard) as 0-d arrays;
@@ -437,7 +438,7 @@ class Panorama360Env(gym.Env[Observation, int]):
 
     def _end_path(self, reward: float,
                   info: dict[str, Any]) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
-        """Finish the current path: path info, then the next path or the episode's end."""
+        """Finish the current path: start the next one, or end the episode with its set reward."""
         index = self._image_index
         assert index is not None, "a path ends only inside an episode (step checks reset)"
         self._paths.append(self._path)
