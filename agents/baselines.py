@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from rl_scaniqa.agents.damage import cap_distances, cap_overlap, has_cap
+from rl_scaniqa.agents.damage import damage_ranking, has_cap
 from rl_scaniqa.envs.data.geometry import ViewportGrid, lonlat_to_xyz
 from rl_scaniqa.envs.features.cache import FeatureCache
 from rl_scaniqa.envs.panorama_env import allowed_viewports
@@ -412,10 +412,9 @@ class DamageOracleAgent(_ImageAware):
     """Reference agent that knows where the damage is: the oracle, or with ``least`` the anti-oracle.
 
     On an image whose cache row has a damaged cap (:func:`rl_scaniqa.agents.damage.has_cap`),
-    the viewports are ranked by :func:`~rl_scaniqa.agents.damage.cap_overlap` (the fraction of
-    the cap's sphere samples each one sees), most first, ties broken by the viewport centre's
-    distance to the cap centre, nearest first; ``least=True`` reverses both (least overlap first,
-    then farthest), so it looks away from the damage. Each action is the best-ranked viewport
+    the viewports are ranked by :func:`~rl_scaniqa.agents.damage.damage_ranking` (most of the
+    cap seen first, nearest first on ties; ``least=True`` reverses both, so it looks away from
+    the damage). Each action is the best-ranked viewport
     the env's revisit mask allows, so every path of an image is the same ranking prefix after
     its start. It bounds what *where a path looks* can give: these are reference rows beside
     the methods, not methods (they read the labels).
@@ -445,11 +444,8 @@ class DamageOracleAgent(_ImageAware):
         self._priorities = np.zeros((len(images), n_viewports))
         caps = feature_cache.caps[images[self._located]]
         if len(caps):
-            overlap, distance = cap_overlap(self.grid, caps), cap_distances(self.grid, caps)
-            sign = -1.0 if self.least else 1.0
-            for row, (seen, far) in zip(np.flatnonzero(self._located), zip(overlap, distance)):
-                # lexsort sorts by the last key first: overlap, then distance as the tie-break.
-                order = np.lexsort((sign * far, -sign * seen))
+            for row, order in zip(np.flatnonzero(self._located),
+                                  damage_ranking(self.grid, caps, least=self.least)):
                 self._priorities[row, order] = np.arange(n_viewports, 0, -1)
 
     def predict(self, observation: Mapping[str, np.ndarray], state: Any = None,

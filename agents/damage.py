@@ -86,6 +86,19 @@ def cap_distances(grid: ViewportGrid, caps: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
 
 
+def damage_ranking(grid: ViewportGrid, caps: np.ndarray, *, least: bool = False) -> np.ndarray:
+    """(N, V) viewport indices of each cap's image, best first: the oracle's order of looking.
+
+    Most :func:`cap_overlap` first, ties broken by the viewport centre's distance to the cap
+    centre, nearest first; ``least=True`` reverses both (least overlap, then farthest: the
+    anti-oracle).
+    """
+    overlap, distance = cap_overlap(grid, caps), cap_distances(grid, caps)
+    sign = -1.0 if least else 1.0
+    # lexsort sorts by the last key first: overlap, then distance as the tie-break.
+    return np.stack([np.lexsort((sign * far, -sign * seen)) for seen, far in zip(overlap, distance)])
+
+
 def _local_steps(scanpaths: Scanpaths, cache: FeatureCache) -> tuple[np.ndarray, np.ndarray]:
     """The caps (L, 3) of the images with one, and their agents' steps (L, K*T)."""
     local = has_cap(cache, scanpaths.image_indices)

@@ -7,8 +7,11 @@ reference, seeds ``split_seed + k``; the training side split again into fit and 
 references), each variant trains an assessor alone (:class:`AssessorTrainer` on random paths
 with the co-training losses and augmented views, no PPO) for ``--steps`` optimiser steps and
 validates every ``--validate-every`` steps with all V viewports. The checkpoint with the best
-validation SRCC is scored on the test references twice: with all V viewports, and with K random
-paths of T + 1 viewports (the mean over paths, as the env scores an image). The SVR baseline
+validation SRCC is scored on the test references with all V viewports, and with K paths of
+T + 1 viewports (the mean over paths, as the env scores an image) of three kinds: random, and
+on the images whose labels locate a damaged cap the oracle's and the anti-oracle's
+(:func:`~rl_scaniqa.agents.damage.damage_ranking`). Their difference is the room where a path
+looks leaves with that assessor, overall and on the images with a cap. The SVR baseline
 (global descriptor + mean viewport descriptor, :class:`SVRBaseline`) is fitted on the same fit
 images. Variants differ from the defaults (:class:`AssessorSettings`) in one thing each.
 
@@ -38,8 +41,10 @@ from rl_scaniqa.agents.assessor_training import (
     random_paths,
 )
 from rl_scaniqa.agents.baselines import SVRBaseline
+from rl_scaniqa.agents.damage import damage_ranking, has_cap, local_srcc
 from rl_scaniqa.agents.data_args import DataArgs
 from rl_scaniqa.agents.reporting import markdown_table, mean_std, plot_curve
+from rl_scaniqa.agents.reward_wrapper import FinishedPath
 from rl_scaniqa.agents.script_args import parse_script_args, usage_error
 from rl_scaniqa.agents.settings import AssessorSettings
 from rl_scaniqa.assessor.metrics import srcc, summarize
@@ -50,6 +55,8 @@ from rl_scaniqa.envs.progress import progress_bar
 from rl_scaniqa.envs.storage import atomic_write_json, atomic_write_text, json_line
 
 SCRIPT = "assessor_fit.py"
+#: Test paths: random, and where the labels locate a damaged cap the oracle's and anti-oracle's.
+PATH_KINDS = ("random", "oracle", "anti")
 
 #: Variant name → changes to the default AssessorSettings (one thing each).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -84,10 +91,13 @@ class Args(DataArgs):
     + 40 per PPO rollout of 840 steps, 179 rollouts)."""
     validate_every: int = 500
     """Steps between validations."""
+    training_paths: str = "random"
+    """Paths the assessors train on: random, or oracle (on images with a damaged cap the
+    oracle's, as if a policy had learnt them; random on the others)."""
     path_length: int = 7
     """T: the random paths have T + 1 viewports, as in the env."""
     eval_paths: int = 15
-    """K random paths per test image."""
+    """K paths of each kind per test image."""
     seed: int = 0
     """Seed of the assessors and their random paths."""
     out: str = "runs/assessor_fit"
@@ -119,15 +129,32 @@ def score_all_viewports(assessor: QualityAssessor, cache: FeatureCache, stats: F
                             stats.standardize_global(cache.global_features))
 
 
-def score_random_paths(assessor: QualityAssessor, cache: FeatureCache, stats: FeatureStats, *,
-                       n_paths: int, length: int, seed: int) -> np.ndarray:
-    """Normalised score of each image: the mean over ``n_paths`` random paths from its start."""
+def test_paths(cache: FeatureCache, kind: str, rng: np.random.Generator, length: int) -> np.ndarray:
+    """(N, length) paths from the env's default ("front") start: random, or on images with a
+    damaged cap the oracle's (``kind="oracle"``) or anti-oracle's (``"anti"``) ranking after it.
+
+    The random draws are made for every kind, so images without a cap get the same random
+    paths whatever ``kind`` is: the kinds differ only where the labels locate damage.
+    """
+    starts = np.full(len(cache), cache.grid.nearest(0.0, 0.0))
+    paths = random_paths(rng, starts, cache.viewport_features.shape[1], length)
+    located = has_cap(cache)
+    if kind != "random" and located.any():
+        ranking = damage_ranking(cache.grid, cache.caps[located], least=kind == "anti")
+        for row, order in zip(np.flatnonzero(located), ranking):
+            paths[row, 1:] = order[order != paths[row, 0]][:length - 1]
+    return paths
+
+
+def score_paths(assessor: QualityAssessor, cache: FeatureCache, stats: FeatureStats, kind: str, *,
+                n_paths: int, length: int, seed: int) -> np.ndarray:
+    """Normalised score of each image: the mean over ``n_paths`` :func:`test_paths` of ``kind``."""
     rng = np.random.default_rng(seed)
     viewports = stats.standardize_viewports(cache.viewport_features)
     globals_ = stats.standardize_global(cache.global_features)
     scores = np.zeros(len(cache))
     for _ in range(n_paths):
-        paths = random_paths(rng, np.asarray(cache.start_viewports), viewports.shape[1], length)
+        paths = test_paths(cache, kind, rng, length)
         scores += assessor.predict(viewports[np.arange(len(cache))[:, None], paths], globals_)
     return scores / n_paths
 
@@ -145,12 +172,19 @@ def train_variant(name: str, fit: FeatureCache, val: FeatureCache, stats: Featur
     assessor = QualityAssessor(AssessorConfig(feature_dim=fit.dim, hidden_dim=settings.hidden_dim,
                                               attention_dim=settings.attention_dim,
                                               dropout=settings.dropout))
+    oracle = args.training_paths == "oracle"
     trainer = AssessorTrainer(
         assessor, fit, stats, np.arange(len(fit)), path_length=args.path_length + 1,
-        start_viewport=int(fit.start_viewports[0]), seed=args.seed,
+        start_viewport=fit.grid.nearest(0.0, 0.0), seed=args.seed,
         config=AssessorTrainingConfig(learning_rate=settings.learning_rate,
                                       batch_size=settings.batch_size,
-                                      loss_weights=settings.loss_weights()))
+                                      loss_weights=settings.loss_weights(),
+                                      policy_path_fraction=1.0 if oracle else 0.0))
+    if oracle:
+        # As if a policy had learnt the oracle's paths: the images with a cap train on them.
+        paths = test_paths(fit, "oracle", np.random.default_rng(args.seed), args.path_length + 1)
+        trainer.add_paths(FinishedPath(int(row), tuple(int(v) for v in paths[row]))
+                          for row in np.flatnonzero(has_cap(fit)))
     curve: list[dict[str, float]] = []
     best_state, best = copy.deepcopy(assessor.state_dict()), -np.inf
     for done in range(0, args.steps, args.validate_every):
@@ -164,6 +198,18 @@ def train_variant(name: str, fit: FeatureCache, val: FeatureCache, stats: Featur
     last = copy.deepcopy(assessor)
     assessor.load_state_dict(best_state)
     return assessor, last, curve
+
+
+def path_figures(assessor: QualityAssessor, test: FeatureCache, stats: FeatureStats, args: Args, *,
+                 seed: int) -> dict[str, float]:
+    """Test SRCC, overall and among the images with a damaged cap, with K paths of each kind."""
+    figures = {}
+    for kind in PATH_KINDS:
+        scores = score_paths(assessor, test, stats, kind, n_paths=args.eval_paths,
+                             length=args.path_length + 1, seed=seed)
+        figures[f"test_srcc_{kind}_paths"] = srcc(scores, test.mos)
+        figures[f"test_srcc_local_{kind}_paths"] = local_srcc(test, np.arange(len(test)), scores)
+    return figures
 
 
 def run_split(k: int, cache: FeatureCache, args: Args, names: list[str], advance: Any) -> dict[str, Any]:
@@ -184,9 +230,7 @@ def run_split(k: int, cache: FeatureCache, args: Args, names: list[str], advance
             "val_srcc_best": best["val_srcc"], "best_step": best["step"], "curve": curve,
             "test_srcc_all": srcc(score_all_viewports(assessor, test, stats), test.mos),
             "test_srcc_all_last": srcc(score_all_viewports(last, test, stats), test.mos),
-            "test_srcc_paths": srcc(score_random_paths(assessor, test, stats, n_paths=args.eval_paths,
-                                                       length=args.path_length + 1,
-                                                       seed=args.seed + k), test.mos),
+            **path_figures(assessor, test, stats, args, seed=args.seed + k),
             "seconds": time.perf_counter() - started}
     return record
 
@@ -195,7 +239,8 @@ def run_split(k: int, cache: FeatureCache, args: Args, names: list[str], advance
 
 
 def summarize_runs(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Method → metric → {mean, std} over splits, plus the paired difference to the SVR."""
+    """Method → metric → {mean, std} over splits, plus the paired differences to the SVR and
+    of oracle to random paths."""
     names = list(records[0]["methods"])
     summary: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -204,9 +249,13 @@ def summarize_runs(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             entry = record["methods"][name]
             svr = record["methods"]["SVR"]["test_srcc_all"]
             row = {key: float(value) for key, value in entry.items()
-                   if key in ("val_srcc_best", "best_step", "test_srcc_all", "test_srcc_all_last",
-                               "test_srcc_paths")}
+                   if key.startswith("test_srcc") or key in ("val_srcc_best", "best_step")}
             row["minus_svr"] = row["test_srcc_all"] - svr
+            if name != "SVR":
+                # The room where a path looks leaves with this assessor (paired per split).
+                for prefix in ("", "local_"):
+                    row[f"{prefix}oracle_minus_random"] = (row[f"test_srcc_{prefix}oracle_paths"]
+                                                           - row[f"test_srcc_{prefix}random_paths"])
             rows.append(row)
         stats = summarize(rows)
         summary[name] = {key: {"mean": value["mean"], "std": value["std"]} for key, value in stats.items()}
@@ -215,24 +264,39 @@ def summarize_runs(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def report_text(summary: Mapping[str, Mapping[str, Any]], args: Args, command: str,
                 n_images: int) -> str:
-    columns = ["val_srcc_best", "best_step", "test_srcc_all", "minus_svr", "test_srcc_all_last",
-               "test_srcc_paths"]
     def cell(entry: Mapping[str, Any], column: str) -> str:
         if column not in entry:
             return "–"
         return f"{entry[column]['mean']:.0f}" if column == "best_step" else mean_std(entry, column)
 
-    rows = [{"method": name, **{column: cell(entry, column) for column in columns}}
-            for name, entry in summary.items()]
+    def table(columns: list[str], headers: list[str], names: list[str]) -> str:
+        rows = [{"method": name, **{column: cell(summary[name], column) for column in columns}}
+                for name in names]
+        return markdown_table(rows, ["method", *columns], ["Method", *headers])
+
+    variants = [name for name in summary if name != "SVR"]
+    fit = table(["val_srcc_best", "best_step", "test_srcc_all", "minus_svr", "test_srcc_all_last",
+                 "test_srcc_random_paths"],
+                ["Best val SRCC", "At step", "Test SRCC, all V viewports", "minus SVR (paired)",
+                 f"Test SRCC at the last step ({args.steps})",
+                 f"Test SRCC, K={args.eval_paths} random paths"], list(summary))
+    looking = table([f"test_srcc_{kind}_paths" for kind in PATH_KINDS] + ["oracle_minus_random"]
+                    + [f"test_srcc_local_{kind}_paths" for kind in PATH_KINDS]
+                    + ["local_oracle_minus_random"],
+                    ["Random", "Oracle", "Anti", "Oracle − random", "Local: random", "Local: oracle",
+                     "Local: anti", "Local: oracle − random"], variants)
     return (f"# Assessor fit: the assessor alone vs the SVR on the same features\n\n"
             f"Made by `{command}` ({args.splits} reference splits of {n_images} images, "
-            f"{args.steps} steps per training, validation every {args.validate_every}, "
-            f"{args.backbone} features). Mean ± std over splits.\n\n"
-            + markdown_table(rows, ["method", *columns],
-                             ["Method", "Best val SRCC", "At step", "Test SRCC, all V viewports",
-                              "minus SVR (paired)", f"Test SRCC at the last step ({args.steps})",
-                              f"Test SRCC, K={args.eval_paths} random paths"])
-            + "\n![validation SRCC](validation_srcc.png)\n")
+            f"{args.steps} steps per training on {args.training_paths} paths, validation every "
+            f"{args.validate_every}, {args.backbone} features). Mean ± std over splits.\n\n" + fit
+            + "\n![validation SRCC](validation_srcc.png)\n\n"
+            f"## Where a path looks, with each assessor\n\n"
+            f"Test SRCC with K={args.eval_paths} paths of T + 1 = {args.path_length + 1} viewports "
+            f"from the start: random, or, on the images whose labels locate a damaged cap, the "
+            f"oracle's (the viewports that see most of it) or the anti-oracle's (least); the other "
+            f"images keep the same random paths. \"Local\": among the images with a cap only. "
+            f"Oracle − random is the room a scanpath policy has with this assessor (paired per "
+            f"split).\n\n" + looking)
 
 
 def plot_validation(records: list[dict[str, Any]], path: Path) -> None:
@@ -257,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [name for name in names if name not in VARIANTS]
     if not names or unknown:
         usage_error(SCRIPT, f"--variants: {unknown or 'empty'}; known: {', '.join(VARIANTS)}")
+    if args.training_paths not in ("random", "oracle"):
+        usage_error(SCRIPT, f"--training-paths must be random or oracle, got {args.training_paths!r}")
     if min(args.splits, args.steps, args.validate_every, args.eval_paths, args.threads) < 1:
         usage_error(SCRIPT, "--splits, --steps, --validate-every, --eval-paths and --threads "
                     "must be at least 1")

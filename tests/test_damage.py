@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from rl_scaniqa.agents.damage import (
     cap_distances,
     cap_overlap,
     damage_hit_rate,
+    damage_ranking,
     distance_profile,
     has_cap,
     local_srcc,
@@ -155,6 +159,39 @@ def test_oracle_paths_respect_the_mask_and_fall_back_to_random_paths_without_a_c
         without = ~has_cap(cache)
         np.testing.assert_array_equal(paths[without], scanpaths["random"].paths[without])
         assert not np.array_equal(paths[~without], scanpaths["random"].paths[~without])
+
+
+def test_assessor_fit_scores_the_oracle_agents_paths(runs):
+    """``assessor_fit.py``'s oracle and anti test paths are those of the env's oracle agents
+    (one ranking, :func:`damage_ranking`), and images without a cap keep the same random paths."""
+    spec = importlib.util.spec_from_file_location("assessor_fit_script",
+                                                  Path(__file__).parents[1] / "experiments" / "assessor_fit.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(script)
+    cache, scanpaths = runs
+    local = has_cap(cache)
+    paths = {kind: script.test_paths(cache, kind, np.random.default_rng(1), PATH_LENGTH + 1)
+             for kind in ("random", "oracle", "anti")}
+    for kind in ("oracle", "anti"):
+        for k in range(N_PATHS):
+            np.testing.assert_array_equal(paths[kind][local], scanpaths[kind].paths[local, k])
+        np.testing.assert_array_equal(paths[kind][~local], paths["random"][~local])
+    assert not np.array_equal(paths["oracle"][local], paths["random"][local])
+
+
+def test_damage_ranking_orders_by_overlap_then_distance():
+    caps = np.array([[*centre(12), 20.0], [*centre(3), 60.0]])
+    overlap, distance = cap_overlap(GRID, caps), cap_distances(GRID, caps)
+    for least in (False, True):
+        ranking = damage_ranking(GRID, caps, least=least)
+        assert sorted(ranking[0].tolist()) == list(range(GRID.n_viewports))
+        sign = -1.0 if least else 1.0
+        for row in range(len(caps)):
+            keys = list(zip(-sign * overlap[row, ranking[row]], sign * distance[row, ranking[row]]))
+            assert keys == sorted(keys)
+    assert ranking[0, 0] != damage_ranking(GRID, caps)[0, 0]
 
 
 def test_oracle_refuses_another_grid_and_predict_before_begin_episodes(runs):

@@ -68,11 +68,16 @@ def test_assessor_fit_json_report_and_variant_check(tmp_path):
     for name in ("default", "lr 1e-3"):
         assert -1.0 <= summary[name]["test_srcc_all"]["mean"] <= 1.0
         assert summary[name]["best_step"]["mean"] in (100.0, 200.0)
+        room = summary[name]["test_srcc_oracle_paths"]["mean"] - summary[name]["test_srcc_random_paths"]["mean"]
+        assert summary[name]["oracle_minus_random"]["mean"] == pytest.approx(room)
     assert "| lr 1e-3 |" in (out / "report.md").read_text()
+    assert "Oracle − random" in (out / "report.md").read_text()
     assert (out / "validation_srcc.png").stat().st_size > 0
-    result = subprocess.run([sys.executable, script, "--variants", "lr 9"], capture_output=True,
-                            text=True, env=dict(os.environ, RL_SCANIQA_HOME=str(tmp_path)))
-    assert result.returncode == 2 and "--variants: ['lr 9']; known: default" in result.stderr
+    for bad, message in ((["--variants", "lr 9"], "--variants: ['lr 9']; known: default"),
+                         (["--training-paths", "human"], "--training-paths must be random or oracle")):
+        result = subprocess.run([sys.executable, script, *bad], capture_output=True,
+                                text=True, env=dict(os.environ, RL_SCANIQA_HOME=str(tmp_path)))
+        assert result.returncode == 2 and message in result.stderr
 
 
 @pytest.mark.slow
