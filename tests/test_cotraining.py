@@ -240,6 +240,9 @@ def test_random_paths_start_fixed_and_never_revisit():
     assert all(len(set(row)) == 6 for row in paths.tolist())
     again = random_paths(np.random.default_rng(0), np.full(50, 5), n_viewports=8, length=6)
     np.testing.assert_array_equal(paths, again)
+    for start in (-1, 8):  # -1 is a cache's "no dataset start", not a viewport
+        with pytest.raises(ValueError, match=r"viewport indices in 0\.\.7"):
+            random_paths(rng, np.array([0, start]), n_viewports=8, length=6)
 
 
 def test_trainer_learns_mos_from_features():
