@@ -50,10 +50,11 @@ def random_paths(rng: np.random.Generator, starts: np.ndarray, n_viewports: int,
     (with replacement only when the path is longer than the grid).
     """
     starts = np.asarray(starts, dtype=np.int64)
-    if ((starts < 0) | (starts >= n_viewports)).any():
+    outside = (starts < 0) | (starts >= n_viewports)
+    if outside.any():
         # A -1 ("no dataset start" in a cache) would silently index the last viewport.
         raise ValueError(f"path starts must be viewport indices in 0..{n_viewports - 1}, "
-                         f"got {sorted(set(starts[(starts < 0) | (starts >= n_viewports)].tolist()))}")
+                         f"got {sorted(set(starts[outside].tolist()))}")
     n = len(starts)
     paths = np.empty((n, length), dtype=np.int64)
     paths[:, 0] = starts

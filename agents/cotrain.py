@@ -154,7 +154,7 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
     reward_scaling = (VecNormalize(ppo_env, norm_obs=False, norm_reward=True, gamma=ppo_settings.gamma)
                       if ppo_settings.normalize_reward else None)
     # Random warm-up paths start where the env's default ("front") paths start.
-    start_viewport = cache.grid.nearest(0.0, 0.0)
+    start_viewport = cache.grid.front
     trainer = AssessorTrainer(
         assessor, cache, stats, np.arange(len(cache)), path_length=settings.path_length + 1,
         start_viewport=start_viewport, seed=settings.seed, device=settings.device,

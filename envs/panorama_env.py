@@ -276,7 +276,7 @@ class Panorama360Env(gym.Env[Observation, int]):
         self._history_template = np.full(self.path_length + 1, -1.0, dtype=np.float32)
         self._counters = [np.array([value], dtype=np.float32)
                           for value in range(max(self.n_paths, self.path_length + 1))]
-        self._front_viewport = self.grid.nearest(0.0, 0.0)
+        self._front_viewport = self.grid.front
         self._equator_viewports = self.grid.equator_indices()
         self._dataset_starts = np.asarray(feature_cache.start_viewports, dtype=np.int64)
         self._mos_normalized = np.asarray(feature_cache.mos_normalized, dtype=np.float64)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -129,32 +129,39 @@ def score_all_viewports(assessor: QualityAssessor, cache: FeatureCache, stats: F
                             stats.standardize_global(cache.global_features))
 
 
-def test_paths(cache: FeatureCache, kind: str, rng: np.random.Generator, length: int) -> np.ndarray:
-    """(N, length) paths from the env's default ("front") start: random, or on images with a
-    damaged cap the oracle's (``kind="oracle"``) or anti-oracle's (``"anti"``) ranking after it.
+def path_sampler(cache: FeatureCache, kind: str, length: int) -> Callable[[np.random.Generator], np.ndarray]:
+    """A draw of (N, length) paths from the env's default start (:attr:`ViewportGrid.front`):
+    random, or on images with a damaged cap the oracle's (``kind="oracle"``) or anti-oracle's
+    (``"anti"``) ranking after it.
 
     The random draws are made for every kind, so images without a cap get the same random
-    paths whatever ``kind`` is: the kinds differ only where the labels locate damage.
+    paths whatever ``kind`` is: the kinds differ only where the labels locate damage. The
+    ranked part is fixed (the start is), so it is computed once here, not per draw.
     """
-    starts = np.full(len(cache), cache.grid.nearest(0.0, 0.0))
-    paths = random_paths(rng, starts, cache.viewport_features.shape[1], length)
-    located = has_cap(cache)
-    if kind != "random" and located.any():
+    start = cache.grid.front
+    located = np.flatnonzero(has_cap(cache)) if kind != "random" else np.zeros(0, dtype=np.int64)
+    tails = np.zeros((0, length - 1), dtype=np.int64)
+    if len(located):
         ranking = damage_ranking(cache.grid, cache.caps[located], least=kind == "anti")
-        for row, order in zip(np.flatnonzero(located), ranking):
-            paths[row, 1:] = order[order != paths[row, 0]][:length - 1]
-    return paths
+        tails = np.stack([order[order != start][:length - 1] for order in ranking])
+
+    def draw(rng: np.random.Generator) -> np.ndarray:
+        paths = random_paths(rng, np.full(len(cache), start), cache.viewport_features.shape[1], length)
+        paths[located, 1:] = tails
+        return paths
+
+    return draw
 
 
 def score_paths(assessor: QualityAssessor, cache: FeatureCache, stats: FeatureStats, kind: str, *,
                 n_paths: int, length: int, seed: int) -> np.ndarray:
-    """Normalised score of each image: the mean over ``n_paths`` :func:`test_paths` of ``kind``."""
-    rng = np.random.default_rng(seed)
+    """Normalised score of each image: the mean over ``n_paths`` :func:`path_sampler` draws of ``kind``."""
+    rng, draw = np.random.default_rng(seed), path_sampler(cache, kind, length)
     viewports = stats.standardize_viewports(cache.viewport_features)
     globals_ = stats.standardize_global(cache.global_features)
     scores = np.zeros(len(cache))
     for _ in range(n_paths):
-        paths = test_paths(cache, kind, rng, length)
+        paths = draw(rng)
         scores += assessor.predict(viewports[np.arange(len(cache))[:, None], paths], globals_)
     return scores / n_paths
 
@@ -175,14 +182,14 @@ def train_variant(name: str, fit: FeatureCache, val: FeatureCache, stats: Featur
     oracle = args.training_paths == "oracle"
     trainer = AssessorTrainer(
         assessor, fit, stats, np.arange(len(fit)), path_length=args.path_length + 1,
-        start_viewport=fit.grid.nearest(0.0, 0.0), seed=args.seed,
+        start_viewport=fit.grid.front, seed=args.seed,
         config=AssessorTrainingConfig(learning_rate=settings.learning_rate,
                                       batch_size=settings.batch_size,
                                       loss_weights=settings.loss_weights(),
                                       policy_path_fraction=1.0 if oracle else 0.0))
     if oracle:
         # As if a policy had learnt the oracle's paths: the images with a cap train on them.
-        paths = test_paths(fit, "oracle", np.random.default_rng(args.seed), args.path_length + 1)
+        paths = path_sampler(fit, "oracle", args.path_length + 1)(np.random.default_rng(args.seed))
         trainer.add_paths(FinishedPath(int(row), tuple(int(v) for v in paths[row]))
                           for row in np.flatnonzero(has_cap(fit)))
     curve: list[dict[str, float]] = []

@@ -172,7 +172,7 @@ def test_assessor_fit_scores_the_oracle_agents_paths(runs):
     spec.loader.exec_module(script)
     cache, scanpaths = runs
     local = has_cap(cache)
-    paths = {kind: script.test_paths(cache, kind, np.random.default_rng(1), PATH_LENGTH + 1)
+    paths = {kind: script.path_sampler(cache, kind, PATH_LENGTH + 1)(np.random.default_rng(1))
              for kind in ("random", "oracle", "anti")}
     for kind in ("oracle", "anti"):
         for k in range(N_PATHS):

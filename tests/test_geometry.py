@@ -146,7 +146,8 @@ def test_nearest_round_trip_wrap_and_ties() -> None:
     # At the pole every yaw is equally far: the lowest index of the top row wins.
     assert grid.nearest(123.0, 90.0) == 0 and grid.nearest(0.0, -90.0) == 24
     # (0, 0) is equidistant from viewports 11, 12, 19 and 20.
-    assert grid.nearest(0.0, 0.0) == 11
+    assert grid.nearest(0.0, 0.0) == 11 == grid.front
+    assert ViewportGrid(12, 6, 60).front == ViewportGrid(12, 6, 60).nearest(0.0, 0.0)
     # Ties that floating-point rounding would otherwise break towards the higher index.
     assert grid.nearest(45.0, 0.0) == 12 and grid.nearest(-45.0, 45.0) == 2
     assert ViewportGrid(12, 6, 60).nearest(-120.0, 0.0) == 25

@@ -188,6 +188,11 @@ class ViewportGrid:
         cosines = lonlat_to_xyz(centers[:, 0], centers[:, 1]) @ lonlat_to_xyz(yaw, pitch)
         return int(np.flatnonzero(cosines >= cosines.max() - _TIE_TOLERANCE)[0])
 
+    @property
+    def front(self) -> int:
+        """The viewport facing yaw 0 on the equator (``nearest(0, 0)``): where paths start by default."""
+        return self.nearest(0.0, 0.0)
+
     def equator_indices(self) -> np.ndarray:
         """Indices (ascending, int64) of the row or rows whose pitch is closest to the equator."""
         row_pitch = np.abs(90.0 - 180.0 / self.n_lat * (np.arange(self.n_lat) + 0.5))
