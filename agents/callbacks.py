@@ -123,10 +123,14 @@ class RewardStatsCallback(RolloutCallback):
 
 
 class AssessorTrainingCallback(RolloutCallback):
-    """Trains the assessor for ``steps`` steps on the rollout's finished paths (and random ones)."""
+    """Trains the assessor on the rollout's finished paths (and random ones).
+
+    ``steps(num_timesteps)`` says how many steps to train after the rollout that ended at PPO's
+    ``num_timesteps`` (:func:`~rl_scaniqa.agents.cotrain.assessor_step_schedule`).
+    """
 
     def __init__(self, log: RolloutLog, reward_env: AssessorRewardVecWrapper,
-                 trainer: AssessorTrainer, steps: int, verbose: int = 0):
+                 trainer: AssessorTrainer, steps: Callable[[int], int], verbose: int = 0):
         super().__init__(log, verbose=verbose)
         self.reward_env = reward_env
         self.trainer = trainer
@@ -134,7 +138,9 @@ class AssessorTrainingCallback(RolloutCallback):
 
     def after_rollout(self) -> None:
         self.trainer.add_paths(self.reward_env.pop_finished_paths())
-        losses = self.trainer.train_steps(self.steps) if self.steps > 0 else {}
+        steps = self.steps(self.model.num_timesteps)
+        losses = self.trainer.train_steps(steps) if steps > 0 else {}
+        self.log.current["assessor/steps"] = float(steps)
         self.log.current.update({f"assessor/{name}": value for name, value in losses.items()})
         self.log.current["task/weights"] = self.reward_env.schedule.weights(
             self.reward_env.num_timesteps)

@@ -81,6 +81,26 @@ def make_training_env(settings: CoTrainSettings, cache: FeatureCache,
     return venv
 
 
+def assessor_step_schedule(settings: CoTrainSettings) -> Callable[[int], int]:
+    """Assessor steps after the PPO rollout that ended at ``num_timesteps``.
+
+    ``settings.assessor.steps_per_rollout`` every rollout, or, with ``cotrain_steps`` > 0, that
+    budget spread evenly over the run: the steps due by a rollout's end, ``cotrain_steps ·
+    num_timesteps / total_timesteps`` rounded down, minus those due by the rollout before.
+    Stateless, so a resumed run continues the same schedule.
+    """
+    assessor = settings.assessor
+    if assessor.cotrain_steps == 0:
+        return lambda num_timesteps: assessor.steps_per_rollout
+    rollout = settings.ppo.n_envs * settings.ppo.n_steps
+    total = settings.total_timesteps
+
+    def due(timesteps: int) -> int:
+        return assessor.cotrain_steps * min(max(timesteps, 0), total) // total
+
+    return lambda num_timesteps: due(num_timesteps) - due(num_timesteps - rollout)
+
+
 @dataclass
 class CoTrainRun:
     """The live objects of a co-training run (returned so callers can evaluate or save them)."""
@@ -173,7 +193,7 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
     log = RolloutLog()
     callbacks: list[RolloutCallback] = [
         RewardStatsCallback(log),
-        AssessorTrainingCallback(log, env, trainer, settings.assessor.steps_per_rollout),
+        AssessorTrainingCallback(log, env, trainer, assessor_step_schedule(settings)),
         EntropyAnnealingCallback(log, ppo_settings.ent_coef_start, ppo_settings.ent_coef_end)]
     # ``run`` is bound below, before PPO calls the callbacks for the first time.
     if validate is not None and validate_every > 0:

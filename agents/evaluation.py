@@ -60,6 +60,14 @@ class Scanpaths:
     mos_normalized: np.ndarray    # (N,) MOS on the 0–1 scale
     agent_seconds: float          # wall time spent stepping envs and calling the agent
 
+    def viewports_seen(self) -> float:
+        """Distinct viewports the K paths of an image visit together, mean over the images.
+
+        K paths that repeat each other give the assessor fewer views to average over than K
+        paths that spread out, whatever each path's own choices are worth.
+        """
+        return float(np.mean([len(np.unique(image_paths)) for image_paths in self.paths]))
+
 
 class SeededPolicyAgent:
     """An SB3 policy as a harness agent whose samples depend only on the image and the seed.

@@ -39,6 +39,8 @@ test images have caps, two reference rows join the table: the oracle (each path 
 viewports that see most of the cap) and the anti-oracle (those that see least of it); on images
 without a cap both take the random-paths baseline's paths. The SVR row has no paths: its
 ``damage_hit_rate`` is null. On datasets without cap labels both diagnostics are null.
+``viewports_seen`` (every dataset) is the number of distinct viewports an image's K paths visit
+together, mean over the test images: how much the assessor's average over paths has to go on.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ from rl_scaniqa.envs.storage import atomic_path, atomic_write_json, atomic_write
 PROTOCOLS = ("in-dataset", "cross-dataset", "cross-distortion", "ablation")
 METRICS = ("srcc", "plcc", "krcc", "rmse")
 #: Where-to-look diagnostics of every method (null where they do not apply).
-DIAGNOSTICS = ("srcc_local", "damage_hit_rate")
+DIAGNOSTICS = ("srcc_local", "damage_hit_rate", "viewports_seen")
 #: What the summary averages over tasks per method.
 SUMMARY_KEYS = (*METRICS, *DIAGNOSTICS, "ms_per_image")
 RESULTS_NAME = "results.json"
@@ -381,6 +383,7 @@ def metrics_of(evaluation: AgentEvaluation, cache: FeatureCache) -> dict[str, An
     return {**evaluation.metrics,
             "srcc_local": local_srcc(cache, scanpaths.image_indices, evaluation.predicted),
             "damage_hit_rate": damage_hit_rate(scanpaths, cache),
+            "viewports_seen": scanpaths.viewports_seen(),
             "ms_per_image": evaluation.ms_per_image}
 
 
@@ -423,9 +426,10 @@ def evaluate_svr(task: Task) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     predicted = task.test.mos_scale.denormalize(scores)
     everything = np.arange(len(task.test))
-    # No paths, so no hit rate: null, not 0 (it did not look away from the damage either).
+    # No paths, so no hit rate and no viewports: null, not 0 (it did not look away from the damage).
     return {**evaluate(predicted, task.test.mos),
             "srcc_local": local_srcc(task.test, everything, predicted), "damage_hit_rate": None,
+            "viewports_seen": None,
             "ms_per_image": 1000.0 * seconds / len(task.test), "best_params": model.best_params}
 
 
@@ -671,10 +675,10 @@ def _table(summary: Mapping[str, Mapping[str, Any]], names: Sequence[str],
     for row in published:
         rows.append({"method": row["method"], "srcc": f"{row['srcc']:.3f}",
                      "plcc": f"{row['plcc']:.3f}", "krcc": "–", "rmse": "–", "srcc_local": "–",
-                     "damage_hit_rate": "–", "ms": "–", "splits": "–"})
+                     "damage_hit_rate": "–", "viewports_seen": "–", "ms": "–", "splits": "–"})
     return markdown_table(rows, ["method", *METRICS, *DIAGNOSTICS, "ms", "splits"],
                           ["Method", "SRCC", "PLCC", "KRCC", "RMSE", "SRCC (local)",
-                           "Damage hit rate", "ms/image", "Tasks"])
+                           "Damage hit rate", "Viewports seen", "ms/image", "Tasks"])
 
 
 def _curve_table(curve: Mapping[str, Mapping[str, Any]], axis: str) -> str:
@@ -785,8 +789,10 @@ def report_text(args: Args, data: Mapping[str, Any], document: Mapping[str, Any]
              "viewports).",
              f"- Training per model: {settings.total_timesteps:,} PPO steps ({settings.ppo.n_envs} "
              f"envs x {settings.ppo.n_steps} steps per rollout), assessor warm-up "
-             f"{settings.assessor.warmup_steps} steps, {settings.assessor.steps_per_rollout} "
-             "assessor steps per rollout.",
+             f"{settings.assessor.warmup_steps} steps, then "
+             + (f"{settings.assessor.cotrain_steps:,} assessor steps spread over the run."
+                if settings.assessor.cotrain_steps else
+                f"{settings.assessor.steps_per_rollout} assessor steps per rollout."),
              f"- Tasks finished: {len(tasks)} of {args.splits}; compute {wall / 60:.1f} min "
              f"({torch.get_num_threads()} torch threads).", ""]
     published = _published_rows(args, data)

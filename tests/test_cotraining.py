@@ -11,7 +11,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from rl_scaniqa.agents.assessor_training import AssessorTrainer, random_paths
 from rl_scaniqa.agents.callbacks import RewardStatsCallback, RolloutLog
-from rl_scaniqa.agents.cotrain import setup_cotraining, to_model
+from rl_scaniqa.agents.cotrain import assessor_step_schedule, setup_cotraining, to_model
 from rl_scaniqa.agents.evaluation import SeededPolicyAgent, run_agent, score_scanpaths
 from rl_scaniqa.agents.path_baseline import RandomPathBaseline
 from rl_scaniqa.agents.reward_wrapper import (
@@ -311,6 +311,32 @@ def test_cotraining_runs_logs_and_round_trips_through_save_load(cache, tmp_path)
         tensors = loaded.policy.obs_to_tensor(batch)[0]
         np.testing.assert_allclose(run.ppo.policy.predict_values(tensors).numpy(),
                                    loaded.policy.predict_values(tensors).numpy(), rtol=1e-6)
+
+
+def test_assessor_step_budget_is_spread_over_the_run_whatever_its_length():
+    per_rollout = CoTrainSettings(total_timesteps=8_400)
+    assert assessor_step_schedule(per_rollout)(840) == per_rollout.assessor.steps_per_rollout
+    for total in (8_400, 150_000, 600_000):
+        settings = CoTrainSettings(total_timesteps=total)
+        settings.assessor.cotrain_steps = 1_600
+        steps = assessor_step_schedule(settings)
+        rollout = settings.ppo.n_envs * settings.ppo.n_steps
+        # SB3 runs whole rollouts, so the last one may pass the budget: it earns no extra steps.
+        ends = range(rollout, total + rollout, rollout)
+        per = [steps(end) for end in ends]
+        assert sum(per) == 1_600
+        assert max(per) - min(per[:-1]) <= 1  # even, not front-loaded
+    with pytest.raises(ValueError, match="cotrain_steps"):
+        CoTrainSettings.from_dict({"assessor": {"cotrain_steps": -1}})
+
+
+def test_cotraining_trains_the_assessor_its_budget(cache):
+    settings = tiny_settings()
+    settings.assessor.cotrain_steps = 5
+    steps: list[float] = []
+    run = setup_cotraining(settings, cache, on_update=lambda stats: steps.append(stats["assessor/steps"]))
+    run.ppo.learn(settings.total_timesteps, callback=run.callback)
+    assert len(steps) == run.callback.rollouts == 10 and sum(steps) == 5
 
 
 def test_model_load_rejects_foreign_folder(tmp_path):

@@ -98,6 +98,9 @@ def test_damage_hit_rate_and_distance_profile_on_a_hand_computed_case():
         [[b, fb[0], fb[1], fb[2]], [FRONT, fb[2], fb[1], fb[0]]],
     ])
     assert damage_hit_rate(scanpaths, cache) == pytest.approx(2 / 12)
+    # Distinct viewports over an image's paths, every image counted: {a, fa0, fa1, fa2}, ...
+    seen = [len({a, *fa}), len({FRONT, a, b, 0, 1}), len({b, *fb, FRONT})]
+    assert scanpaths.viewports_seen() == pytest.approx(np.mean(seen))
     profile = distance_profile(scanpaths, cache)
     assert profile.sum() == pytest.approx(1.0)
     # The two hits sit 0° from the cap centre: 2 of the 12 steps in the first bin.

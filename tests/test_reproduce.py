@@ -63,8 +63,10 @@ def assert_diagnostics(reproduce, summary):
         assert entry["srcc_local"]["mean"] is not None, name
         if name == reproduce.SVR:
             assert entry["damage_hit_rate"]["mean"] is None  # no paths
+            assert entry["viewports_seen"]["mean"] is None
         else:
             assert 0.0 <= entry["damage_hit_rate"]["mean"] <= 1.0, name
+            assert 1.0 <= entry["viewports_seen"]["mean"] <= tiny_cache().grid.n_viewports, name
     oracle, anti = summary[reproduce.ORACLE], summary[reproduce.ANTI]
     assert oracle["damage_hit_rate"]["mean"] > summary[reproduce.RANDOM]["damage_hit_rate"]["mean"]
     assert anti["damage_hit_rate"]["mean"] == 0.0
