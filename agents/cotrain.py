@@ -84,14 +84,11 @@ def make_training_env(settings: CoTrainSettings, cache: FeatureCache,
 def assessor_step_schedule(settings: CoTrainSettings) -> Callable[[int], int]:
     """Assessor steps after the PPO rollout that ended at ``num_timesteps``.
 
-    ``settings.assessor.steps_per_rollout`` every rollout, or, with ``cotrain_steps`` > 0, that
-    budget spread evenly over the run: the steps due by a rollout's end, ``cotrain_steps ·
-    num_timesteps / total_timesteps`` rounded down, minus those due by the rollout before.
-    Stateless, so a resumed run continues the same schedule.
+    ``settings.assessor.cotrain_steps`` spread evenly over the run: the steps due by a rollout's
+    end, ``cotrain_steps · num_timesteps / total_timesteps`` rounded down, minus those due by the
+    rollout before. Stateless, so a resumed run continues the same schedule.
     """
     assessor = settings.assessor
-    if assessor.cotrain_steps == 0:
-        return lambda num_timesteps: assessor.steps_per_rollout
     rollout = settings.ppo.n_envs * settings.ppo.n_steps
     total = settings.total_timesteps
 

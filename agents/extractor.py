@@ -6,7 +6,12 @@ Architecture (per observation of ``Panorama360Env``; V viewports, D feature dim,
     x_t     = f_{history[t]}                projected features of the viewports visited so far
     h       = GRU(x_0 .. x_{n-1})           n valid history entries; h = last valid hidden state
     g       = P_g g_raw                     global projection, D -> E
-    logit_j = v^T tanh(W_h h + W_g g + W_f f_j + b)      additive attention, visited j masked
+    logit_j = v^T tanh(W_h h + W_g g + W_f f_j + u s_j + b)   additive attention, visited j masked
+
+where ``s_j`` is the env's ``seen`` entry: the share of the episode's earlier paths that visited
+viewport j. It lets the actor send a path where the earlier ones did not go (or back to what they
+found), which the set reward pays for; without it the K paths of an image are independent draws,
+and a policy that sharpens sees fewer viewports per image (``docs/results/assessor-budget``).
 
 The output is the flat tensor ``[logit_1 .. logit_V ; h ; g ; τ]``:
 :class:`rl_scaniqa.agents.policy.ScanpathHead` hands the logits to SB3's categorical
@@ -50,7 +55,7 @@ from torch import nn
 
 from rl_scaniqa.envs.panorama_env import allowed_viewports
 
-OBSERVATION_KEYS = ("global", "candidates", "history", "visited", "step", "path")
+OBSERVATION_KEYS = ("global", "candidates", "history", "visited", "seen", "step", "path")
 #: Width of τ, the episode-progress input of the critic (step in the path, path in the episode).
 PROGRESS_DIM = 2
 #: Logit of a masked (already visited) viewport; equal to sb3-contrib's, so both masks agree and
@@ -70,7 +75,8 @@ def _check_space(observation_space: spaces.Space) -> tuple[int, int]:
     if cand_shape is None or len(cand_shape) != 2:
         raise ValueError(f"ScanpathExtractor: 'candidates' must be (V, D), got {cand_shape}")
     n_viewports, dim = cand_shape
-    expected = {"global": (dim,), "visited": (n_viewports,), "step": (1,), "path": (1,)}
+    expected = {"global": (dim,), "visited": (n_viewports,), "seen": (n_viewports,),
+                "step": (1,), "path": (1,)}
     for key, shape in expected.items():
         if observation_space[key].shape != shape:
             raise ValueError(f"ScanpathExtractor: '{key}' must have shape {shape}, "
@@ -114,8 +120,7 @@ def _same_bits(a: th.Tensor, b: th.Tensor) -> bool:
 class ScanpathExtractor(BaseFeaturesExtractor):
     """Projections, GRU over the visited path and masked attention logits over the candidates.
 
-    :param observation_space: the env's Dict space ("global", "candidates", "history", "visited"
-        are read; other keys are ignored).
+    :param observation_space: the env's Dict space (all of :data:`OBSERVATION_KEYS` are read).
     :param embed_dim: E, width of the projected candidate and global features (GRU input).
     :param hidden_dim: H, GRU hidden size.
     :param attention_dim: A, width of the additive-attention space.
@@ -151,6 +156,7 @@ class ScanpathExtractor(BaseFeaturesExtractor):
         self.key_proj = nn.Linear(embed_dim, attention_dim, bias=False)  # W_f (b is in the query)
         self.query = nn.Linear(self.state_dim, attention_dim)  # W_h h + W_g g + b in one matmul
         self.score = nn.Linear(attention_dim, 1, bias=False)  # v
+        self.seen_key = nn.Parameter(th.zeros(attention_dim))  # u: starts as if nothing was seen
         # A fixed random direction: its dot product with a row's first candidate feature is the
         # grouping fingerprint. It never changes outputs (groups are verified), so it is not saved.
         probe = th.randn(dim, generator=th.Generator().manual_seed(0))
@@ -202,7 +208,8 @@ class ScanpathExtractor(BaseFeaturesExtractor):
         h = outputs[th.arange(batch, device=candidates.device), lengths]
         state = th.cat((h, self.global_proj(observations["global"])), dim=1)
 
-        energy = _tanh(keys + self.query(state).unsqueeze(1))  # (B, V, A)
+        seen = observations["seen"].unsqueeze(-1) * self.seen_key  # (B, V, A)
+        energy = _tanh(keys + seen + self.query(state).unsqueeze(1))  # (B, V, A)
         logits = self.score(energy).squeeze(-1)  # (B, V)
         masked = ~allowed_viewports(observations["visited"])
         progress = th.cat((observations["step"] / self._progress_scale[0],

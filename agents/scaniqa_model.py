@@ -38,7 +38,8 @@ MODEL_FORMAT = "rl_scaniqa.model"
 #: 2: trained on features of the canonical-density ERP (``canonical_erp``); version 1 models saw
 #: the native resolution and would be fed features they never learnt from.
 #: 3: the critic reads the episode's progress τ (its value MLP is two inputs wider than in 2).
-MODEL_VERSION = 3
+#: 4: the actor reads the env's ``seen`` entry (the earlier paths' viewports), one more parameter.
+MODEL_VERSION = 4
 POLICY_NAME = "policy.zip"
 MODEL_CONFIG_NAME = "model.json"
 
@@ -90,7 +91,8 @@ class ScanIQAModel:
             raise ValueError(f"{config_path}: not valid JSON ({error})") from None
         if document.get("format") != MODEL_FORMAT or document.get("version") != MODEL_VERSION:
             why = {1: "were trained on native-resolution features",
-                   2: "have a critic without the episode's progress"}.get(document.get("version"))
+                   2: "have a critic without the episode's progress",
+                   3: "have an actor blind to the episode's earlier paths"}.get(document.get("version"))
             hint = (f"; version {document.get('version')} models {why}: retrain with this release"
                     if document.get("format") == MODEL_FORMAT and why else "")
             raise ValueError(f"{config_path}: not an RL-ScanIQA model of version {MODEL_VERSION} "

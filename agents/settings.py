@@ -90,13 +90,12 @@ class AssessorSettings:
     learning_rate: float = 1e-4
     batch_size: int = 32
     warmup_steps: int = 400
-    steps_per_rollout: int = 40
-    """Assessor steps after each PPO rollout (the reference code's coupling: the assessor's steps
-    grow with PPO's budget)."""
-    cotrain_steps: int = 0
-    """Assessor steps over the whole PPO run, spread evenly over its rollouts, whatever its budget;
-    0 = ``steps_per_rollout`` after each rollout instead. Alone on random paths the assessor's
-    validation SRCC peaks near 2,000 steps and falls by 8,000 (docs/results/ppo-budget)."""
+    cotrain_steps: int = 1_600
+    """Assessor steps over the whole PPO run after the warm-up, spread evenly over its rollouts,
+    whatever PPO's budget (0 = the assessor stays as the warm-up left it). Alone on random paths
+    its validation SRCC peaks near 2,000 steps in all and falls by 8,000, and a budget that grew
+    with PPO's (40 steps per rollout) cost every path agent about 0.05 SRCC
+    (docs/results/assessor-budget)."""
     policy_path_fraction: float = 0.75
     loss_mse: float = 1.0
     loss_rank: float = 0.2
@@ -106,7 +105,7 @@ class AssessorSettings:
 
     def __post_init__(self) -> None:
         if self.cotrain_steps < 0:
-            raise ValueError(f"cotrain_steps must be 0 (steps_per_rollout per rollout) or more, "
+            raise ValueError(f"cotrain_steps must be 0 (no assessor training during PPO) or more, "
                              f"got {self.cotrain_steps}")
 
     def loss_weights(self) -> AssessorLossWeights:
@@ -157,5 +156,5 @@ class CoTrainSettings:
 SMOKE_SETTINGS: dict[str, Any] = {
     "total_timesteps": 2_240, "n_paths": 5,
     "ppo": {"n_envs": 4, "n_steps": 70, "batch_size": 140, "n_epochs": 2},
-    "assessor": {"warmup_steps": 100, "steps_per_rollout": 10},
+    "assessor": {"warmup_steps": 100, "cotrain_steps": 80},
 }

@@ -73,8 +73,13 @@ class Panorama360Env(gym.Env[Observation, int]):
     | `candidates` | (V, D)   | ±feature_clip | standardised features of the V candidate viewports         |
     | `history`    | (T + 1,) | -1 .. V-1     | viewports of the current path, `[0]` = start, -1 = not yet |
     | `visited`    | (V,)     | 0 / 1         | 1 where the viewport is in the current path                |
+    | `seen`       | (V,)     | 0 .. 1        | earlier paths of this episode that visited it, / (K - 1)   |
     | `step`       | (1,)     | 0 .. T        | actions taken in the current path                          |
     | `path`       | (1,)     | 0 .. K-1      | index of the current path                                  |
+
+    `seen` is what the set reward (coverage and overlap of the K paths) depends on besides the
+    current path: without it an agent cannot tell a path that repeats the earlier ones from one
+    that goes elsewhere, and its K paths are independent draws.
 
     ## Rewards
 
@@ -276,6 +281,7 @@ class Panorama360Env(gym.Env[Observation, int]):
         self._history_template = np.full(self.path_length + 1, -1.0, dtype=np.float32)
         self._counters = [np.array([value], dtype=np.float32)
                           for value in range(max(self.n_paths, self.path_length + 1))]
+        self._seen_scale = np.float32(max(self.n_paths - 1, 1))
         self._front_viewport = self.grid.front
         self._equator_viewports = self.grid.equator_indices()
         self._dataset_starts = np.asarray(feature_cache.start_viewports, dtype=np.int64)
@@ -297,6 +303,7 @@ class Panorama360Env(gym.Env[Observation, int]):
         super().reset(seed=seed)
         self._load_image(self._choose_image(options))
         self._paths: list[list[int]] = []
+        self._seen_counts = np.zeros(self._n_viewports, dtype=np.float32)
         self._components: list[tuple[float, float, float, float]] = []
         self._path_index = 0
         self._done = False
@@ -443,6 +450,8 @@ class Panorama360Env(gym.Env[Observation, int]):
         assert index is not None, "a path ends only inside an episode (step checks reset)"
         self._paths.append(self._path)
         if self._path_index + 1 < self.n_paths:
+            # Each earlier path counts once per viewport (a revisit adds nothing): at most K - 1.
+            self._seen_counts[self._path] += 1.0
             self._path_index += 1
             self._start_path()
             info["action_mask"] = self._mask()
@@ -478,6 +487,7 @@ class Panorama360Env(gym.Env[Observation, int]):
             "candidates": self._candidates.copy(),
             "history": self._history.copy(),
             "visited": self._visited.copy(),
+            "seen": self._seen_counts / self._seen_scale,  # a new array; k / k is exactly 1
             "step": self._counters[self._step_in_path].copy(),
             "path": self._counters[self._path_index].copy(),
         }
@@ -537,6 +547,7 @@ def observation_space_for(n_viewports: int, dim: int, path_length: int, n_paths:
         "candidates": spaces.Box(-clip, clip, (n_viewports, dim), np.float32),
         "history": spaces.Box(-1.0, n_viewports - 1, (path_length + 1,), np.float32),
         "visited": spaces.Box(0.0, 1.0, (n_viewports,), np.float32),
+        "seen": spaces.Box(0.0, 1.0, (n_viewports,), np.float32),
         "step": spaces.Box(0.0, path_length, (1,), np.float32),
         # max(.., 1): a single-path env would otherwise get a degenerate low == high box.
         "path": spaces.Box(0.0, max(n_paths - 1, 1), (1,), np.float32),

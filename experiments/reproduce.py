@@ -790,9 +790,7 @@ def report_text(args: Args, data: Mapping[str, Any], document: Mapping[str, Any]
              f"- Training per model: {settings.total_timesteps:,} PPO steps ({settings.ppo.n_envs} "
              f"envs x {settings.ppo.n_steps} steps per rollout), assessor warm-up "
              f"{settings.assessor.warmup_steps} steps, then "
-             + (f"{settings.assessor.cotrain_steps:,} assessor steps spread over the run."
-                if settings.assessor.cotrain_steps else
-                f"{settings.assessor.steps_per_rollout} assessor steps per rollout."),
+             f"{settings.assessor.cotrain_steps:,} assessor steps spread over the run.",
              f"- Tasks finished: {len(tasks)} of {args.splits}; compute {wall / 60:.1f} min "
              f"({torch.get_num_threads()} torch threads).", ""]
     published = _published_rows(args, data)

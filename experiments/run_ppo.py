@@ -106,7 +106,7 @@ QUICK_OVERRIDES: dict[str, Any] = {
     "eval_paths": 5, "validate_every": 5, "checkpoint_every": 5,
     "settings": {"total_timesteps": 6_000, "n_paths": 5,
                  "ppo": {"n_envs": 4, "n_steps": 70, "batch_size": 140, "n_epochs": 2},
-                 "assessor": {"warmup_steps": 100, "steps_per_rollout": 10}},
+                 "assessor": {"warmup_steps": 100, "cotrain_steps": 220}},
 }
 
 

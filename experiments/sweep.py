@@ -136,7 +136,7 @@ QUICK_OVERRIDES: dict[str, Any] = {
     "num_samples": 2, "validate_every": 2, "eval_paths": 3, "grace_period": 1,
     "settings": {"total_timesteps": 1_120, "n_paths": 3,
                  "ppo": {"n_envs": 2, "n_steps": 70, "batch_size": 70, "n_epochs": 1},
-                 "assessor": {"warmup_steps": 20, "steps_per_rollout": 5}},
+                 "assessor": {"warmup_steps": 20, "cotrain_steps": 40}},
 }
 
 

@@ -314,8 +314,8 @@ def test_cotraining_runs_logs_and_round_trips_through_save_load(cache, tmp_path)
 
 
 def test_assessor_step_budget_is_spread_over_the_run_whatever_its_length():
-    per_rollout = CoTrainSettings(total_timesteps=8_400)
-    assert assessor_step_schedule(per_rollout)(840) == per_rollout.assessor.steps_per_rollout
+    frozen = CoTrainSettings.from_dict({"assessor": {"cotrain_steps": 0}})
+    assert assessor_step_schedule(frozen)(840) == 0
     for total in (8_400, 150_000, 600_000):
         settings = CoTrainSettings(total_timesteps=total)
         settings.assessor.cotrain_steps = 1_600

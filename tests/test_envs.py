@@ -115,7 +115,8 @@ def test_spaces(cache):
     assert env.action_space == gym.spaces.Discrete(V)
     space = env.observation_space
     assert {k: s.shape for k, s in space.items()} == {
-        "global": (D,), "candidates": (V, D), "history": (3,), "visited": (V,), "step": (1,), "path": (1,)}
+        "global": (D,), "candidates": (V, D), "history": (3,), "visited": (V,), "seen": (V,),
+        "step": (1,), "path": (1,)}
     assert all(s.dtype == np.float32 for s in space.values())
     assert observation_space_for(V, D, path_length=2, n_paths=3) == space
 
@@ -281,6 +282,28 @@ def test_masks_follow_the_current_path(cache):
     assert np.flatnonzero(~env.unwrapped.action_masks()).tolist() == [FRONT, 7]
     _, _, _, _, info = env.step(7)  # revisit allowed by default, ends path 0
     assert np.flatnonzero(~info["action_mask"]).tolist() == [FRONT]
+
+
+def test_seen_counts_the_earlier_paths_of_the_episode_per_viewport(cache):
+    env = small_env(cache)  # K = 3 paths of T = 2 steps from the front viewport
+    observation, _ = env.reset(seed=0)
+    assert not observation["seen"].any()
+    observation, *_ = env.step(7)
+    assert not observation["seen"].any()  # the current path is `visited`, not `seen`
+    observation, *_ = env.step(7)  # a revisit: path 0 is {FRONT, 7}, counted once each
+    expected = np.zeros(V, np.float32)
+    expected[[FRONT, 7]] = 0.5  # 1 of K - 1 = 2
+    np.testing.assert_array_equal(observation["seen"], expected)
+    env.step(3)
+    observation, *_ = env.step(7)
+    expected[[FRONT, 7]], expected[3] = 1.0, 0.5
+    np.testing.assert_array_equal(observation["seen"], expected)
+    env.step(1)
+    observation, _, terminated, _, _ = env.step(2)  # the last path adds nothing: it stays in 0..1
+    assert terminated and env.observation_space.contains(observation)
+    np.testing.assert_array_equal(observation["seen"], expected)
+    observation, _ = env.reset(seed=1)
+    assert not observation["seen"].any()
 
 
 def test_reject_masked_actions(cache):

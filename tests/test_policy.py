@@ -65,7 +65,8 @@ def observations(batch, n_images=3, seed=0, n_viewports=V, dim=D, length=L):
         history[row, : len(path)] = path
         visited[row, path] = 1.0
     obs = {"global": images[owner].mean(axis=1), "candidates": images[owner], "history": history,
-           "visited": visited, "step": np.zeros((batch, 1), np.float32),
+           "visited": visited, "seen": rng.integers(0, 3, (batch, n_viewports)).astype(np.float32) / 2,
+           "step": np.zeros((batch, 1), np.float32),
            "path": np.zeros((batch, 1), np.float32)}
     return {key: th.as_tensor(value) for key, value in obs.items()}
 
@@ -86,6 +87,21 @@ def test_the_critic_sees_how_far_the_episode_has_come_and_the_actor_does_not():
     expected = th.tensor([(L - 1) / float(space["step"].high[0]), 1.0 / float(space["path"].high[0])])
     assert th.allclose(progress, expected.expand(4, 2))
 
+
+
+def test_the_actor_reads_which_viewports_earlier_paths_saw():
+    policy = make_policy()
+    obs = observations(6)
+    other = dict(obs, seen=(obs["seen"] + 0.5) % 1.5)  # every entry changes (0, 0.5, 1)
+    extractor = policy.features_extractor
+    with th.no_grad():
+        # u starts at 0: a fresh policy behaves as if nothing had been seen...
+        assert th.equal(extractor(obs)[:, :V], extractor(other)[:, :V])
+        extractor.seen_key.fill_(1.0)
+        changed = extractor(obs)[:, :V] != extractor(other)[:, :V]
+    # ... and, once u is learnt, the logits of the open viewports depend on it.
+    open_viewports = obs["visited"] < 0.5
+    assert changed[open_viewports].all() and not changed[~open_viewports].any()
 
 
 def test_shapes_and_identity_action_net():
@@ -413,6 +429,7 @@ class _FindTheMarkedCandidate(gym.Env):
         self.obs = {"global": candidates.mean(axis=0).astype(np.float32),
                     "candidates": candidates.astype(np.float32),
                     "history": np.array([start, -1], np.float32), "visited": visited,
+                    "seen": np.zeros(self.n_viewports, np.float32),
                     "step": np.zeros(1, np.float32), "path": np.zeros(1, np.float32)}
         return self.obs, {}
 

@@ -95,7 +95,7 @@ def test_run_ppo_resumes_a_killed_run(tiny_synth, tmp_path):
                "--settings.path-length", "3", "--settings.ppo.n-envs", "2",
                "--settings.ppo.n-steps", "12", "--settings.ppo.batch-size", "24",
                "--settings.ppo.n-epochs", "1", "--settings.assessor.warmup-steps", "5",
-               "--settings.assessor.steps-per-rollout", "2", "--json", "--no-progress"]
+               "--settings.assessor.cotrain-steps", "400", "--json", "--no-progress"]
     process = subprocess.Popen(command, env=child_env(tmp_path), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     progress_file = out / "checkpoint" / "progress.json"

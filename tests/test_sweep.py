@@ -38,7 +38,7 @@ TINY = ["--num-samples", "2", "--validate-every", "1", "--eval-paths", "2", "--g
         "--settings.ppo.batch-size", "35", "--settings.ppo.n-epochs", "1",
         "--settings.ppo.embed-dim", "8", "--settings.ppo.hidden-dim", "8",
         "--settings.ppo.attention-dim", "8", "--settings.assessor.warmup-steps", "5",
-        "--settings.assessor.steps-per-rollout", "2", "--settings.assessor.batch-size", "8",
+        "--settings.assessor.cotrain-steps", "4", "--settings.assessor.batch-size", "8",
         "--settings.assessor.hidden-dim", "16", "--settings.assessor.attention-dim", "8",
         "--json"]  # progress on: it must stay on stderr
 

@@ -21,6 +21,6 @@ def tiny_settings(**overrides) -> CoTrainSettings:
               "ppo": {"n_envs": 2, "n_steps": 12, "batch_size": 12, "n_epochs": 1,
                       "embed_dim": 8, "hidden_dim": 8, "attention_dim": 8},
               "assessor": {"hidden_dim": 16, "attention_dim": 8, "batch_size": 8,
-                           "warmup_steps": 2, "steps_per_rollout": 2}}
+                           "warmup_steps": 2, "cotrain_steps": 20}}
     values.update(overrides)
     return CoTrainSettings.from_dict(values)
