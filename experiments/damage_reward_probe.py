@@ -14,6 +14,11 @@ paths and of the oracle on the training and the test images. If the policy stays
 random rate here, no task reward, however well designed, can teach it to look at the damage
 within that budget; if it rises, the limit is the task reward's signal.
 
+A fourth row, the supervised ``locator`` (``agents.damage_locator``), is fitted on the same
+training images' labels and reads the same candidate features as the policy: its test hit rate
+says how far those features show where the damage is, the most a policy reading them can be
+expected to reach.
+
 Outputs in ``--out``: ``results.json``, ``report.md`` and ``hit_rates.png``, rewritten after
 every split; ``--json`` prints the summary on the last line.
 """
@@ -33,6 +38,7 @@ from rich.console import Console
 from rl_scaniqa.agents.baselines import DamageOracleAgent, RandomPathAgent
 from rl_scaniqa.agents.cotrain import resume_or_warm_up, setup_cotraining, train_to_budget
 from rl_scaniqa.agents.damage import DamageHitReward, damage_hit_rate, has_cap
+from rl_scaniqa.agents.damage_locator import DamageLocatorAgent, fit_damage_locator
 from rl_scaniqa.agents.data_args import DataArgs
 from rl_scaniqa.agents.evaluation import ScanpathAgent, SeededPolicyAgent, run_agent
 from rl_scaniqa.agents.reporting import markdown_table, plot_grouped_bars
@@ -44,7 +50,7 @@ from rl_scaniqa.envs.progress import progress_bar
 from rl_scaniqa.envs.storage import atomic_write_json, atomic_write_text, json_line
 
 SCRIPT = "damage_reward_probe.py"
-AGENTS = ("policy", "random", "oracle")
+AGENTS = ("policy", "locator", "random", "oracle")
 
 
 def probe_settings() -> CoTrainSettings:
@@ -108,8 +114,11 @@ def run_split(k: int, train: FeatureCache, test: FeatureCache, args: Args) -> di
               for name, value in run.ppo.logger.name_to_value.items()
               if name in ("train/value_loss", "train/explained_variance", "train/approx_kl")}
     env_kwargs = settings.env_kwargs(run.stats)
+    feature_clip = run.env.get_attr("feature_clip", [0])[0]
+    locator = fit_damage_locator(train, run.stats, np.arange(len(train)), feature_clip)
     agents: dict[str, ScanpathAgent] = {
         "policy": SeededPolicyAgent(run.policy, settings.seed),
+        "locator": DamageLocatorAgent(locator),
         "random": RandomPathAgent(seed=settings.seed),
         "oracle": DamageOracleAgent(train.grid, seed=settings.seed)}
     rates = {side: {name: hit_rates(agent, cache, args, settings, env_kwargs)

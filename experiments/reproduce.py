@@ -80,6 +80,7 @@ from rl_scaniqa.agents.damage import (
     has_cap,
     local_srcc,
 )
+from rl_scaniqa.agents.damage_locator import DamageLocatorAgent, fit_damage_locator
 from rl_scaniqa.agents.data_args import DataArgs
 from rl_scaniqa.agents.evaluation import AgentEvaluation, ScanpathAgent, evaluate_agent
 from rl_scaniqa.agents.reporting import (
@@ -121,6 +122,8 @@ SVR = "SVR on NSS features (no paths)"
 # Reference rows, not methods; one name says "oracle", the other "anti", never both.
 ORACLE = "Oracle: viewports on the damage (reference)"
 ANTI = "Anti: viewports farthest from the damage (reference)"
+# Blind at test time but fitted on the training images' damage labels: a reference, not a method.
+LOCATOR = "Damage locator: fitted on the training labels (reference)"
 
 #: Ablated variants: overrides of the co-training settings (weights set to 0).
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -483,6 +486,11 @@ def methods_task(task: Task, args: Args, tracker: TrainingProgress) -> dict[str,
         evaluations[name] = evaluate_paths(agent, run, settings, task, everything,
                                            overrides.get("n_paths", args.eval_paths),
                                            overrides.get("path_length"))
+    if with_caps and has_cap(task.train).any():
+        locator = fit_damage_locator(task.train, run.stats, np.arange(len(task.train)),
+                                     run.env.get_attr("feature_clip", [0])[0])
+        evaluations[LOCATOR] = evaluate_paths(DamageLocatorAgent(locator), run, settings, task,
+                                              everything, args.eval_paths)
     with_human = human_subset(task)
     if with_human.size >= 3:
         evaluations[HUMAN] = evaluate_paths(HumanScanpathAgent(task.human, task.test.grid), run,
@@ -794,7 +802,7 @@ def report_text(args: Args, data: Mapping[str, Any], document: Mapping[str, Any]
              f"- Tasks finished: {len(tasks)} of {args.splits}; compute {wall / 60:.1f} min "
              f"({torch.get_num_threads()} torch threads).", ""]
     published = _published_rows(args, data)
-    path_methods = [RL, RANDOM, EQUATOR, ENTROPY, CUBE, HUMAN, SVR, CEILING, ORACLE, ANTI]
+    path_methods = [RL, RANDOM, EQUATOR, ENTROPY, CUBE, HUMAN, SVR, CEILING, LOCATOR, ORACLE, ANTI]
     if args.protocol == "in-dataset":
         lines += [f"## Table 1 — in-dataset, {args.dataset_label} (mean ± std over {len(tasks)} "
                   f"reference splits, {1 - args.test_fraction:.0%}/{args.test_fraction:.0%})", "",
@@ -825,10 +833,14 @@ def report_text(args: Args, data: Mapping[str, Any], document: Mapping[str, Any]
                   "whose viewport sees at least a quarter of the cap, on the env's sphere "
                   "sampling (the SVR has no paths). The oracle and anti rows are references "
                   "that read the labels, not methods: their paths take the viewports that see "
-                  "most / least of the cap, and the random paths' on images without one.", ""]
+                  "most / least of the cap, and the random paths' on images without one. The "
+                  "damage locator is blind at test time but was fitted on the training images' "
+                  "labels (`agents/damage_locator.py`): it walks each image's viewports in the "
+                  "order of a small network's damage score of their features, so its hit rate is "
+                  "what the candidate features tell about where the damage is.", ""]
     if args.protocol != "ablation" and RL in summary:
         deltas = paired_deltas(tasks, RL, [RANDOM, EQUATOR, ENTROPY, CUBE, HUMAN, SVR, CEILING,
-                                           ORACLE, ANTI])
+                                           LOCATOR, ORACLE, ANTI])
         lines += ["### RL-ScanIQA against each method, paired per task", "",
                   "SRCC of RL-ScanIQA minus SRCC of the method on the same task (positive = "
                   "RL-ScanIQA better); wins = tasks where RL-ScanIQA is ahead.", "",

@@ -19,13 +19,16 @@ from rl_scaniqa.agents.damage import (
     cap_distances,
     cap_overlap,
     damage_hit_rate,
+    damage_hits,
     damage_ranking,
     distance_profile,
     has_cap,
     local_srcc,
 )
+from rl_scaniqa.agents.damage_locator import DamageLocatorAgent, LocatorSettings, fit_damage_locator
 from rl_scaniqa.agents.evaluation import Scanpaths, run_agent
 from rl_scaniqa.envs.data.geometry import ViewportGrid
+from rl_scaniqa.envs.features.cache import FeatureStats
 from rl_scaniqa.envs.features.random_cache import random_feature_cache
 from rl_scaniqa.envs.panorama_env import Panorama360Env
 
@@ -229,3 +232,53 @@ def test_damage_hit_reward_pays_exactly_the_steps_that_hit_the_cap():
         np.testing.assert_allclose(rewards - base, 2.5 * hits, atol=1e-6)
         paid += int(hits.sum())
     assert paid > 0  # the check saw hits, not only misses
+
+
+# ---------------------------------------------------------------- the supervised damage locator
+
+
+def marked_cache(marked: bool, n_images: int = 90):
+    """A cap cache whose viewports that see the damage carry +6 on feature 0 when ``marked``
+    (a feature that shows the damage); unmarked, nothing in the features says where it is."""
+    cache = synth_like_cache(n_images, seed=11)
+    if marked:
+        located = has_cap(cache)
+        hits = damage_hits(GRID, cache.caps[located])
+        features = cache.viewport_features.copy()
+        features[np.flatnonzero(located)[:, None], np.arange(GRID.n_viewports)[None], 0] += 6.0 * hits
+        cache = dataclasses.replace(cache, viewport_features=features)
+    return cache
+
+
+@pytest.mark.parametrize("marked", [True, False])
+def test_the_locator_finds_the_damage_only_when_the_features_show_it(marked):
+    cache = marked_cache(marked)
+    fit, held_out = np.arange(0, len(cache), 3), np.setdiff1d(np.arange(len(cache)), np.arange(0, len(cache), 3))
+    stats = FeatureStats.fit(cache, fit)
+    locator = fit_damage_locator(cache, stats, fit, feature_clip=10.0)
+    env_kwargs = {"feature_stats": stats}
+    options = {"n_paths": 2, "path_length": PATH_LENGTH, "seed": 0, "env_kwargs": env_kwargs}
+    located = held_out[has_cap(cache, held_out)]
+    rate = damage_hit_rate(run_agent(DamageLocatorAgent(locator), cache, located, **options), cache)
+    chance = damage_hit_rate(run_agent(RandomPathAgent(seed=0), cache, located, **options), cache)
+    best = damage_hit_rate(run_agent(DamageOracleAgent(GRID), cache, located, **options), cache)
+    if marked:  # as often as the oracle, which a 7-step path cannot always keep on a small cap
+        assert rate > 0.8 * best and rate > 2 * chance
+    else:
+        assert rate < chance + 0.15
+
+
+def test_the_locator_agent_respects_the_mask_and_the_fit_needs_caps():
+    cache = marked_cache(True, n_images=12)
+    stats = FeatureStats.fit(cache)
+    locator = fit_damage_locator(cache, stats, np.arange(len(cache)), feature_clip=10.0,
+                                 settings=LocatorSettings(epochs=5))
+    paths = run_agent(DamageLocatorAgent(locator), cache, [0, 1], n_paths=2, path_length=PATH_LENGTH,
+                      seed=0, env_kwargs={"feature_stats": stats}).paths
+    assert all(len(set(path)) == len(path) for image in paths for path in image)
+    assert (paths[:, 0] == paths[:, 1]).all()  # deterministic: every path is the same ranking
+    no_caps = dataclasses.replace(cache, caps=np.full_like(cache.caps, np.nan))
+    with pytest.raises(ValueError, match="located cap"):
+        fit_damage_locator(no_caps, stats, np.arange(len(cache)), feature_clip=10.0)
+    with pytest.raises(ValueError, match="hidden"):
+        LocatorSettings(hidden=0)

@@ -93,7 +93,7 @@ def test_damage_reward_probe_json_and_report(tmp_path):
                                    "--json"], tmp_path))
     assert summary["splits"] == 1
     for side in ("train", "test"):
-        assert set(summary[side]) == {"policy", "random", "oracle"}
+        assert set(summary[side]) == {"policy", "locator", "random", "oracle"}
         assert summary[side]["oracle"] >= summary[side]["random"]
     assert "| train policy |" in (out / "report.md").read_text()
     assert (out / "hit_rates.png").stat().st_size > 0

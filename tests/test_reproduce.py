@@ -105,7 +105,7 @@ def test_in_dataset_end_to_end_and_resume(reproduce, fake_data, tmp_path, capsys
     summary = last_json(capsys)
     expected = {reproduce.RL, reproduce.RANDOM, reproduce.EQUATOR, reproduce.ENTROPY,
                 reproduce.CUBE, reproduce.CEILING, reproduce.HUMAN, reproduce.SVR,
-                reproduce.ORACLE, reproduce.ANTI}
+                reproduce.ORACLE, reproduce.ANTI, reproduce.LOCATOR}
     assert set(summary) == expected
     assert_diagnostics(reproduce, summary)
     for entry in summary.values():
