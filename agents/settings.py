@@ -29,6 +29,9 @@ class RewardSettings:
     """β_cov: set reward for the sphere coverage of the K paths."""
     beta_jaccard: float = RewardWeights.jaccard
     """β_jac: set penalty for the mean pairwise Jaccard overlap of the K paths."""
+    set_reward_per_path: bool = False
+    """Pay the set reward at every path end, as what that path changed of it (the increments sum
+    to the episode's set reward), instead of once at the episode's end (the paper)."""
     task_mse: float = TaskRewardSchedule.mse_weight
     """Terminal task reward weight of −(q̂ − MOS)², the assessor's squared error on the path."""
     task_rank: float = TaskRewardSchedule.rank_weight
@@ -48,10 +51,10 @@ class RewardSettings:
         if self.task_baseline_paths < 0:
             raise ValueError(f"task_baseline_paths must be 0 (no baseline) or more, got {self.task_baseline_paths}")
 
-    def env_kwargs(self) -> dict[str, float]:
+    def env_kwargs(self) -> dict[str, float | bool]:
         """The env's reward keyword arguments."""
         names = ("lambda_entropy", "lambda_ssim", "lambda_novelty", "lambda_equator",
-                 "beta_coverage", "beta_jaccard")
+                 "beta_coverage", "beta_jaccard", "set_reward_per_path")
         return {name: getattr(self, name) for name in names}
 
 

@@ -102,6 +102,11 @@ class Panorama360Env(gym.Env[Observation, int]):
     viewport of path k (start included) and ``coverage = |∪_k S_k| / 4096``. With K = 1 the
     Jaccard term is 0. Default weights (the paper's): λ = 0.5 / 1.0 / 1.0 / 0.2, β = 0.2 / 0.2.
 
+    With ``set_reward_per_path=True`` the last action of every path k earns instead
+    ``R_set(P_1..P_k) − R_set(P_1..P_{k−1})`` (``R_set`` of no path is 0): what that path changed
+    of the set reward. The increments add up to the same ``R_set`` of the K paths, but each
+    path is credited when it ends, not once after K · T actions.
+
     ## Starting State
 
     ``reset`` picks an image: ``options={"image_index": i}`` selects cache index ``i``, which
@@ -165,7 +170,8 @@ class Panorama360Env(gym.Env[Observation, int]):
     - ``feature_clip``: bound of the standardised features (default 10).
     - ``start``: ``"front"``, ``"random_equator"`` or ``"dataset"``.
     - ``lambda_entropy``, ``lambda_ssim``, ``lambda_novelty``, ``lambda_equator``,
-      ``beta_coverage``, ``beta_jaccard``: reward weights.
+      ``beta_coverage``, ``beta_jaccard``: reward weights. ``set_reward_per_path``: pay the set
+      reward as per-path increments (see *Rewards*; default False, the paper's timing).
     - ``reject_masked_actions``: raise on revisits instead of giving δ_new = 0.
     - ``render_mode``: ``None``, ``"rgb_array"`` (256 x 512 ERP thumbnail with every path drawn in
       its colour, numbered, the current viewport in white) or ``"ansi"`` (text grid).
@@ -204,6 +210,7 @@ class Panorama360Env(gym.Env[Observation, int]):
         lambda_equator: float = rewards.RewardWeights.equator,
         beta_coverage: float = rewards.RewardWeights.coverage,
         beta_jaccard: float = rewards.RewardWeights.jaccard,
+        set_reward_per_path: bool = False,
         reject_masked_actions: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
         feature_cache: FeatureCache | None = None,
@@ -230,6 +237,9 @@ class Panorama360Env(gym.Env[Observation, int]):
         self.start = start
         self.render_mode = render_mode
         self.reject_masked_actions = bool(reject_masked_actions)
+        if not isinstance(set_reward_per_path, (bool, np.bool_)):
+            raise TypeError(f"set_reward_per_path must be True or False, got {set_reward_per_path!r}")
+        self.set_reward_per_path = bool(set_reward_per_path)
         self.feature_clip = float(feature_clip)
         self.reward_weights = rewards.RewardWeights(
             entropy=lambda_entropy, ssim=lambda_ssim, novelty=lambda_novelty, equator=lambda_equator,
@@ -304,6 +314,7 @@ class Panorama360Env(gym.Env[Observation, int]):
         self._load_image(self._choose_image(options))
         self._paths: list[list[int]] = []
         self._seen_counts = np.zeros(self._n_viewports, dtype=np.float32)
+        self._set_reward_paid = 0.0
         self._components: list[tuple[float, float, float, float]] = []
         self._path_index = 0
         self._done = False
@@ -445,11 +456,21 @@ class Panorama360Env(gym.Env[Observation, int]):
 
     def _end_path(self, reward: float,
                   info: dict[str, Any]) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
-        """Finish the current path: start the next one, or end the episode with its set reward."""
+        """Finish the current path: start the next one, or end the episode with its set reward.
+
+        With ``set_reward_per_path`` every path end earns what the path changed of the set reward
+        of the paths so far; the increments add up to the set reward of all K paths.
+        """
         index = self._image_index
         assert index is not None, "a path ends only inside an episode (step checks reset)"
         self._paths.append(self._path)
-        if self._path_index + 1 < self.n_paths:
+        last = self._path_index + 1 == self.n_paths
+        if last or self.set_reward_per_path:
+            diversity = rewards.set_reward(np.array(self._paths, dtype=np.int64), self._coverage_atoms,
+                                           self.reward_weights, self._coverage_counts)
+            reward += diversity.reward - self._set_reward_paid
+            self._set_reward_paid = diversity.reward
+        if not last:
             # Each earlier path counts once per viewport (a revisit adds nothing): at most K - 1.
             self._seen_counts[self._path] += 1.0
             self._path_index += 1
@@ -459,8 +480,6 @@ class Panorama360Env(gym.Env[Observation, int]):
 
         self._done = True
         paths = np.array(self._paths, dtype=np.int64)
-        diversity = rewards.set_reward(paths, self._coverage_atoms, self.reward_weights,
-                                       self._coverage_counts)
         steps = np.array(self._components, dtype=np.float64).reshape(self.n_paths, self.path_length, 4)
         cache = self.feature_cache
         info.update(
@@ -477,7 +496,7 @@ class Panorama360Env(gym.Env[Observation, int]):
                 "set_jaccard": np.array(-self.reward_weights.jaccard * diversity.jaccard),
             },
         )
-        return self._observation(), reward + diversity.reward, True, False, info
+        return self._observation(), reward, True, False, info
 
     def _observation(self) -> Observation:
         # Fresh arrays every call: users keep observations (rollout buffers), and Gymnasium's

@@ -25,17 +25,19 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 import rl_scaniqa.envs
 from rl_scaniqa.envs import ENV_ID, QUALIFIED_ENV_ID
 from rl_scaniqa.envs.data.datasets import split_by_reference
-from rl_scaniqa.envs.data.geometry import ViewportGrid
+from rl_scaniqa.envs.data.geometry import ViewportGrid, coverage_matrix
 from rl_scaniqa.envs.errors import DatasetError
 from rl_scaniqa.envs.features.cache import FeatureStats
 from rl_scaniqa.envs.features.provision import ensure_default_data
 from rl_scaniqa.envs.features.random_cache import random_feature_cache
 from rl_scaniqa.envs.panorama_env import (
+    N_SPHERE_POINTS,
     Panorama360Env,
     allowed_viewports,
     make_env,
     observation_space_for,
 )
+from rl_scaniqa.envs.rewards import RewardWeights, set_reward
 from rl_scaniqa.envs.storage import exclusive_lock
 
 GRID = ViewportGrid(n_lon=4, n_lat=3, fov_deg=90.0, size=32)
@@ -226,6 +228,27 @@ def test_episode_structure_and_info(cache):
     assert sum(float(np.sum(c)) for c in components.values()) == pytest.approx(total)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(0)
+
+
+def test_per_path_set_reward_pays_each_paths_increment_and_the_same_total(cache):
+    actions = [0, 1, 0, 1, 8, 9]  # path 2 repeats path 1, path 3 goes elsewhere
+    returns = {}
+    for per_path in (False, True):
+        env = small_env(cache, set_reward_per_path=per_path, lambda_entropy=0.0, lambda_ssim=0.0,
+                        lambda_novelty=0.0, lambda_equator=0.0)
+        env.reset(seed=0, options={"image_index": 1})
+        returns[per_path] = [env.step(action)[1] for action in actions]
+    weights = RewardWeights()
+    paths = np.array([[FRONT, 0, 1], [FRONT, 0, 1], [FRONT, 8, 9]])
+    coverage = coverage_matrix(GRID, N_SPHERE_POINTS)
+    so_far = [set_reward(paths[:k], coverage, weights).reward for k in (1, 2, 3)]
+    np.testing.assert_allclose(returns[False], [0, 0, 0, 0, 0, so_far[2]], atol=1e-6)
+    np.testing.assert_allclose(returns[True], [0, so_far[0], 0, so_far[1] - so_far[0],
+                                               0, so_far[2] - so_far[1]], atol=1e-6)
+    assert returns[True][3] < 0 < returns[True][1]  # the repeat lowers the set reward, is paid so
+    assert sum(returns[True]) == pytest.approx(sum(returns[False]))
+    with pytest.raises(TypeError, match="set_reward_per_path"):
+        Panorama360Env(feature_cache=cache, set_reward_per_path="yes")
 
 
 @pytest.mark.parametrize("n_paths,path_length", [(1, 1), (2, 5), (15, 7)])
