@@ -466,8 +466,9 @@ class Panorama360Env(gym.Env[Observation, int]):
         self._paths.append(self._path)
         last = self._path_index + 1 == self.n_paths
         if last or self.set_reward_per_path:
-            diversity = rewards.set_reward(np.array(self._paths, dtype=np.int64), self._coverage_atoms,
-                                           self.reward_weights, self._coverage_counts)
+            paths = np.array(self._paths, dtype=np.int64)
+            diversity = rewards.set_reward(paths, self._coverage_atoms, self.reward_weights,
+                                           self._coverage_counts)
             reward += diversity.reward - self._set_reward_paid
             self._set_reward_paid = diversity.reward
         if not last:
@@ -479,7 +480,6 @@ class Panorama360Env(gym.Env[Observation, int]):
             return self._observation(), reward, False, False, info
 
         self._done = True
-        paths = np.array(self._paths, dtype=np.int64)
         steps = np.array(self._components, dtype=np.float64).reshape(self.n_paths, self.path_length, 4)
         cache = self.feature_cache
         info.update(
