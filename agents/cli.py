@@ -105,11 +105,13 @@ def _grid_from_args(args: argparse.Namespace) -> ViewportGrid:
 def synth_default_out(seed: int, quick: bool) -> Path:
     """Where ``rl-scaniqa synth`` writes without ``--out``: a folder per seed under the data home.
 
-    Apart from the default data the env provisions, which is only ever created complete.
+    A sibling of the default data the scripts provision (``synth360``, ``synth360-quick``), never
+    inside it: that folder is only ever created complete, and one that exists without labels is
+    refused.
     """
     from rl_scaniqa.envs.storage import default_home
 
-    return default_home() / "synth360" / f"seed{seed}{'-quick' if quick else ''}"
+    return default_home() / f"synth360-seed{seed}{'-quick' if quick else ''}"
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -200,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "global and local distortions, pseudo-MOS labels.")
     synth.add_argument("--out", default=None,
                        help="output folder (images/ and labels.csv); default: "
-                            "$RL_SCANIQA_HOME/synth360/seed<SEED>[-quick]")
+                            "$RL_SCANIQA_HOME/synth360-seed<SEED>[-quick]")
     synth.add_argument("--quick", action="store_true", help="a handful of contents, for smoke runs")
     synth.add_argument("--refs", type=int, default=None, help="number of reference contents")
     synth.add_argument("--width", type=int, default=None, help="ERP width in pixels (height = width/2)")

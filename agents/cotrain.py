@@ -48,6 +48,7 @@ from rl_scaniqa.agents.callbacks import (
     ValidationCallback,
 )
 from rl_scaniqa.agents.checkpoint import restore_checkpoint, save_checkpoint
+from rl_scaniqa.agents.damage import DamageHitReward, has_cap
 from rl_scaniqa.agents.path_baseline import RandomPathBaseline
 from rl_scaniqa.agents.policy import ScanpathPolicy
 from rl_scaniqa.agents.reward_wrapper import (
@@ -137,15 +138,13 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
                      checkpoint_dir: str | Path | None = None,
                      checkpoint_every: int = 0,
                      on_update: Callable[[dict[str, Any]], None] | None = None,
-                     tensorboard_log: str | None = None,
-                     extra_reward: Callable[[VecEnv], VecEnv] | None = None) -> CoTrainRun:
+                     tensorboard_log: str | None = None) -> CoTrainRun:
     """Build PPO, assessor, reward wrapper, trainer and callback over the images of ``cache``.
 
     ``cache`` holds the training images only (use :meth:`FeatureCache.subset`); ``stats``
     defaults to statistics fitted on them. ``validate(policy, assessor)`` runs every
     ``validate_every`` rollouts, a checkpoint is saved to ``checkpoint_dir`` every
-    ``checkpoint_every`` rollouts (0 = never). ``extra_reward`` wraps the env with a reward
-    of the caller's (e.g. :class:`~rl_scaniqa.agents.damage.DamageHitReward`) before PPO sees it.
+    ``checkpoint_every`` rollouts (0 = never).
     """
     torch.manual_seed(settings.seed)
     settings = dataclasses.replace(settings, device=resolve_device(settings.device))
@@ -167,7 +166,13 @@ def setup_cotraining(settings: CoTrainSettings, cache: FeatureCache, *,
     # The returns are large (every one of the K · T steps of an episode earns exploration rewards:
     # 65 to 150 at the start with γ = 0.99), and a critic that must learn that scale at lr 3e-4
     # leaves advantages that bury the task reward. Scaling the rewards keeps its targets near 1.
-    ppo_env = env if extra_reward is None else extra_reward(env)
+    ppo_env: VecEnv = env
+    if settings.reward.damage_hit > 0:
+        if not has_cap(cache).any():
+            raise ValueError("settings.reward.damage_hit needs training labels that locate the damage "
+                             "(a cap centre and radius, as Synth360's and Real360's); none of the "
+                             f"{len(cache)} training images has one")
+        ppo_env = DamageHitReward(env, cache, settings.reward.damage_hit)
     reward_scaling = (VecNormalize(ppo_env, norm_obs=False, norm_reward=True, gamma=ppo_settings.gamma)
                       if ppo_settings.normalize_reward else None)
     # Random warm-up paths start where the env's default ("front") paths start.

@@ -133,12 +133,13 @@ def distance_profile(scanpaths: Scanpaths, cache: FeatureCache) -> np.ndarray:
 
 
 class DamageHitReward(VecEnvWrapper):
-    """A diagnostic reward that reads the labels: ``weight`` for every step that hits the damage.
+    """A training reward that reads the labels: ``weight`` for every step that hits the damage.
 
-    Not a method (a blind quality model never knows where the damage is): it asks whether the
-    policy and PPO can learn to look at the damage at all when the reward says exactly where it
-    is (``experiments/damage_reward_probe.py``). Wraps a VecEnv of ``Panorama360Env`` over
-    ``cache``; a step hits when its viewport sees at least :data:`HIT_FRACTION` of the image's cap.
+    ``RewardSettings.damage_hit`` turns it on in co-training (label-guided training); alone it
+    asks whether the policy and PPO can learn to look at the damage at all when the reward says
+    exactly where it is (``experiments/damage_reward_probe.py``). Only training reads the labels:
+    the trained policy looks blind. Wraps a VecEnv of ``Panorama360Env`` over ``cache``; a step
+    hits when its viewport sees at least :data:`HIT_FRACTION` of the image's cap.
     """
 
     def __init__(self, venv: VecEnv, cache: FeatureCache, weight: float = 1.0) -> None:

@@ -44,12 +44,19 @@ class RewardSettings:
     task_baseline_paths: int = 0
     """Random paths of the same image whose task reward is subtracted from each path's (a
     per-image baseline, ``agents.path_baseline``); 0 = none, the paper's reward."""
+    damage_hit: float = 0.0
+    """Label-guided training: reward of every step whose viewport sees at least a quarter of the
+    image's damaged cap, read from the training labels (Synth360's and Real360's locate it;
+    ``agents.damage``); 0 = none, the paper's reward. Only training reads the labels: the
+    trained policy looks blind, as every other."""
 
     def __post_init__(self) -> None:
         if self.task_gain < 0:
             raise ValueError(f"task_gain must be 0 (no information gain) or more, got {self.task_gain}")
         if self.task_baseline_paths < 0:
             raise ValueError(f"task_baseline_paths must be 0 (no baseline) or more, got {self.task_baseline_paths}")
+        if self.damage_hit < 0:
+            raise ValueError(f"damage_hit must be 0 (no label-guided reward) or more, got {self.damage_hit}")
 
     def env_kwargs(self) -> dict[str, float | bool]:
         """The env's reward keyword arguments."""

@@ -4,10 +4,11 @@
 Issue 10 asks for a policy whose paths find the damage. Before blaming the task reward, this
 script asks whether the policy and PPO can learn that at all. Per reference split it trains the
 scanpath policy exactly as ``cotrain`` does (same PPO, critic, assessor co-training and reward
-scaling) but adds :class:`~rl_scaniqa.agents.damage.DamageHitReward`: ``--hit-reward`` for every
-step whose viewport sees at least a quarter of the damaged cap, read from the labels. The other
-rewards are those of ``--settings.reward`` (by default only the novelty term: the exploration
-and task terms are 0, so the hit reward is the one signal that depends on where a path looks).
+scaling) with the label-guided reward :class:`~rl_scaniqa.agents.damage.DamageHitReward`:
+``--settings.reward.damage-hit`` (here 1.0) for every step whose viewport sees at least a quarter
+of the damaged cap, read from the labels. The other rewards are those of ``--settings.reward``
+(by default only the novelty term: the exploration and task terms are 0, so the hit reward is the
+one signal that depends on where a path looks).
 
 It then measures the damage hit rate (``agents.damage``) of the trained policy, of random
 paths and of the oracle on the training and the test images. If the policy stays near the
@@ -37,7 +38,7 @@ from rich.console import Console
 
 from rl_scaniqa.agents.baselines import DamageOracleAgent, RandomPathAgent
 from rl_scaniqa.agents.cotrain import resume_or_warm_up, setup_cotraining, train_to_budget
-from rl_scaniqa.agents.damage import DamageHitReward, damage_hit_rate, has_cap
+from rl_scaniqa.agents.damage import damage_hit_rate, has_cap
 from rl_scaniqa.agents.damage_locator import DamageLocatorAgent, fit_damage_locator
 from rl_scaniqa.agents.data_args import DataArgs
 from rl_scaniqa.agents.evaluation import ScanpathAgent, SeededPolicyAgent, run_agent
@@ -54,18 +55,16 @@ AGENTS = ("policy", "locator", "random", "oracle")
 
 
 def probe_settings() -> CoTrainSettings:
-    """Co-training defaults with every reward term but novelty off (the hit reward is added)."""
+    """Co-training defaults with the hit reward on and every other term but novelty off."""
     return CoTrainSettings(reward=RewardSettings(
         lambda_entropy=0.0, lambda_ssim=0.0, lambda_equator=0.0, beta_coverage=0.0,
-        beta_jaccard=0.0, task_mse=0.0, task_rank=0.0))
+        beta_jaccard=0.0, task_mse=0.0, task_rank=0.0, damage_hit=1.0))
 
 
 @dataclass
 class Args(DataArgs):
     """Arguments of ``damage_reward_probe.py``."""
 
-    hit_reward: float = 1.0
-    """Reward of a step whose viewport sees at least a quarter of the damaged cap."""
     splits: int = 1
     """Reference splits (the same splits as reproduce.py's with the same --split-seed)."""
     split_seed: int = 0
@@ -85,7 +84,7 @@ class Args(DataArgs):
     progress: bool = True
     """Show progress (on stderr)."""
     settings: CoTrainSettings = field(default_factory=probe_settings)
-    """Co-training settings (PPO, critic, rewards besides the hit reward)."""
+    """Co-training settings (PPO, critic, rewards; the hit reward is ``reward.damage_hit``)."""
 
 
 QUICK_OVERRIDES: dict[str, Any] = {"eval_paths": 3, "settings": SMOKE_SETTINGS}
@@ -107,8 +106,7 @@ def run_split(k: int, train: FeatureCache, test: FeatureCache, args: Args) -> di
     rollout = settings.ppo.n_envs * settings.ppo.n_steps
     with progress_bar(f"split {k + 1}: PPO with the hit reward", settings.total_timesteps,
                       unit="step", enabled=args.progress) as bar:
-        run = setup_cotraining(settings, train, on_update=lambda _: bar.advance(rollout),
-                               extra_reward=lambda env: DamageHitReward(env, train, args.hit_reward))
+        run = setup_cotraining(settings, train, on_update=lambda _: bar.advance(rollout))
         train_to_budget(run, settings, resume_or_warm_up(run, settings, None), None)
     critic = {name.removeprefix("train/"): float(value)
               for name, value in run.ppo.logger.name_to_value.items()
@@ -152,8 +150,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_script_args(Args, __doc__.splitlines()[0], argv, {"quick": QUICK_OVERRIDES})
     if min(args.splits, args.eval_paths, args.torch_threads) < 1:
         usage_error(SCRIPT, "--splits, --eval-paths and --torch-threads must be at least 1")
-    if args.hit_reward <= 0:
-        usage_error(SCRIPT, f"--hit-reward must be above 0, got {args.hit_reward}")
+    if args.settings.reward.damage_hit <= 0:
+        usage_error(SCRIPT, "--settings.reward.damage-hit must be above 0 (it is what this probe "
+                            f"trains with), got {args.settings.reward.damage_hit}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.torch_threads)

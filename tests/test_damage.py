@@ -234,6 +234,22 @@ def test_damage_hit_reward_pays_exactly_the_steps_that_hit_the_cap():
     assert paid > 0  # the check saw hits, not only misses
 
 
+def test_label_guided_training_pays_the_hit_reward_and_needs_located_damage():
+    from rl_scaniqa.agents.cotrain import setup_cotraining
+    from training_fixtures import tiny_settings
+
+    cache = synth_like_cache()
+    guided = setup_cotraining(tiny_settings(reward={"damage_hit": 2.0}), cache)
+    assert isinstance(guided.reward_scaling.venv, DamageHitReward)
+    assert guided.reward_scaling.venv.weight == 2.0 and guided.reward_scaling.venv.hits.any()
+    assert not isinstance(setup_cotraining(tiny_settings(), cache).reward_scaling.venv, DamageHitReward)
+    unlocated = dataclasses.replace(cache, caps=np.full_like(cache.caps, np.nan))
+    with pytest.raises(ValueError, match="damage_hit needs training labels that locate the damage"):
+        setup_cotraining(tiny_settings(reward={"damage_hit": 2.0}), unlocated)
+    with pytest.raises(ValueError, match="damage_hit must be 0"):
+        tiny_settings(reward={"damage_hit": -1.0})
+
+
 # ---------------------------------------------------------------- the supervised damage locator
 
 

@@ -97,6 +97,7 @@ def test_damage_reward_probe_json_and_report(tmp_path):
         assert summary[side]["oracle"] >= summary[side]["random"]
     assert "| train policy |" in (out / "report.md").read_text()
     assert (out / "hit_rates.png").stat().st_size > 0
-    result = subprocess.run([sys.executable, script, "--hit-reward", "0"], capture_output=True,
-                            text=True, env=dict(os.environ, RL_SCANIQA_HOME=str(tmp_path)))
-    assert result.returncode == 2 and "--hit-reward must be above 0" in result.stderr
+    result = subprocess.run([sys.executable, script, "--settings.reward.damage-hit", "0"],
+                            capture_output=True, text=True,
+                            env=dict(os.environ, RL_SCANIQA_HOME=str(tmp_path)))
+    assert result.returncode == 2 and "--settings.reward.damage-hit must be above 0" in result.stderr

@@ -222,5 +222,7 @@ def test_cli_synth_writes_under_the_data_home_without_out(tmp_path, monkeypatch,
 
     monkeypatch.setenv("RL_SCANIQA_HOME", str(tmp_path / "home"))
     assert main(["synth", "--refs", "1", "--width", "256", "--seed", "3", "--no-progress"]) == 0
-    root = tmp_path / "home" / "synth360" / "seed3"
+    root = tmp_path / "home" / "synth360-seed3"
     assert (root / "labels.csv").is_file() and str(root) in capsys.readouterr().out
+    # Not inside the folder of the default data, which the scripts refuse to provision over.
+    assert not (tmp_path / "home" / "synth360").exists()
